@@ -1,5 +1,6 @@
 """Pure-function attention kernels: arrays in, arrays out; jit, vmap, grad and shard safe."""
 
+from zoo.kernels.additive import additive_attention, additive_scores, project_keys
 from zoo.kernels.dot_product import dot_product_attention
 from zoo.kernels.masks import (
     causal_mask,
@@ -8,14 +9,25 @@ from zoo.kernels.masks import (
     padding_mask,
     segment_mask,
 )
+from zoo.kernels.multiplicative import multiplicative_attention, multiplicative_scores
+from zoo.kernels.positional import alibi_bias, alibi_slopes, apply_rotary, sinusoidal_positions
 from zoo.kernels.softmax import masked_softmax
 
 __all__ = [
+    "additive_attention",
+    "additive_scores",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rotary",
     "causal_mask",
     "combine_masks",
     "dot_product_attention",
     "local_window_mask",
     "masked_softmax",
+    "multiplicative_attention",
+    "multiplicative_scores",
     "padding_mask",
+    "project_keys",
     "segment_mask",
+    "sinusoidal_positions",
 ]

@@ -1,0 +1,28 @@
+"""Datasets for the experiments: TFDS builders, tokenizers and grain pipelines.
+
+Each task has one entry point (``translation.make_translation_data``) built from generic
+pieces: ``prepare`` (a TFDS dataset ready as array_record, or a fast, clear failure; its
+command is ``python -m experiments.data NAME --data_dir DIR``),
+``tokenizer`` (SentencePiece, trained once and cached), ``pipeline`` and ``batching`` (grain
+stream of padded, length-bucketed batches with checkpointable state).
+"""
+
+from experiments.data.prepare import DatasetNotPreparedError
+from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from experiments.data.translation import (
+    TRANSLATION_DATASETS,
+    TranslationData,
+    make_translation_data,
+)
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "TRANSLATION_DATASETS",
+    "UNK_ID",
+    "DatasetNotPreparedError",
+    "Tokenizer",
+    "TranslationData",
+    "make_translation_data",
+]

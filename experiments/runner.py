@@ -1,0 +1,193 @@
+"""One train / evaluate / checkpoint / log loop for every model in the zoo.
+
+An experiment hands the runner a :class:`Setup` (model, data, loss, evaluation, pictures);
+the runner owns everything else: the optimizer, a pure jitted ``train_step`` with donated
+state, the step-derived RNG, progress, metrics, checkpoints, resume and Ctrl-C.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import math
+import pathlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from experiments.checkpoints import Checkpoints
+from experiments.config import TrainConfig
+from experiments.metrics import MetricWriter
+
+__all__ = ["Setup", "make_optimizer", "train"]
+
+Batch = dict[str, Any]
+# loss_fn(model, batch, rng) -> (scalar loss, {name: scalar metric}); traced under jit.
+LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass
+class Setup:
+    """What an experiment gives the runner."""
+
+    model: nnx.Module  # freshly initialised from the seed
+    batches: Iterator[Batch]  # endless training batches; grain iterator (checkpointable)
+    loss_fn: LossFn
+    # Held-out metrics, e.g. BLEU, of a split: "validation" during training (it picks the
+    # best checkpoint), "test" once at the end.
+    evaluate: Callable[[nnx.Module, str], dict[str, float]]
+    visualize: Callable[[nnx.Module, pathlib.Path], list[pathlib.Path]]  # PNGs it wrote
+    count_tokens: Callable[[Batch], int]  # for the tokens/s readout
+    best_metric: str  # an ``evaluate`` key that picks the best checkpoint
+    best_mode: str = "max"  # "max" or "min"
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Clip the global norm, then the chosen optimizer on the chosen schedule."""
+    if config.schedule == "constant":
+        schedule = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
+    elif config.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0,
+            config.learning_rate,
+            max(config.warmup_steps, 1),
+            max(config.steps, config.warmup_steps + 1),
+            end_value=config.learning_rate / 10,
+        )
+    elif config.schedule == "rsqrt":
+        # Vaswani et al. 2017, eq. (3): linear warm-up, then decay with 1/sqrt(step),
+        # scaled so the peak (at the end of warm-up) is `learning_rate`.
+        warmup = max(config.warmup_steps, 1)
+
+        def schedule(step: jax.Array) -> jax.Array:
+            step = jnp.maximum(step.astype(jnp.float32), 1.0)
+            return config.learning_rate * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+    else:
+        raise ValueError(
+            f"train.schedule must be 'constant', 'cosine' or 'rsqrt', got {config.schedule!r}"
+        )
+    if config.optimizer == "adam":
+        optimizer = optax.adam(schedule)
+    elif config.optimizer == "adamw":
+        optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
+    elif config.optimizer == "adadelta":
+        # Bahdanau et al. 2014, appendix B.2: Adadelta with eps 1e-6, rho 0.95.
+        optimizer = optax.adadelta(schedule, rho=0.95, eps=1e-6)
+    else:
+        raise ValueError(
+            f"train.optimizer must be 'adam', 'adamw' or 'adadelta', got {config.optimizer!r}"
+        )
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
+
+
+def _train_step(
+    params: nnx.State,
+    opt_state: optax.OptState,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    graphdef: nnx.GraphDef,
+    rest: nnx.State,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+) -> tuple[nnx.State, optax.OptState, dict[str, jax.Array]]:
+    def loss(params: nnx.State) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return loss_fn(nnx.merge(graphdef, params, rest), batch, rng)
+
+    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads), **metrics}
+
+
+def train(
+    setup: Setup, train_config: TrainConfig, workdir: pathlib.Path, *, resume: bool
+) -> dict[str, float]:
+    """Train to ``train_config.steps``, resuming from ``workdir`` if asked.
+
+    Returns the test metrics of the final model, and its last validation metrics prefixed
+    ``validation_``.
+    """
+    graphdef, params, rest = nnx.split(setup.model, nnx.Param, ...)
+    optimizer = make_optimizer(train_config)
+    opt_state = optimizer.init(params)
+    step_fn = jax.jit(
+        functools.partial(
+            _train_step, graphdef=graphdef, rest=rest, loss_fn=setup.loss_fn, optimizer=optimizer
+        ),
+        donate_argnums=(0, 1),
+    )
+    key = jax.random.key(train_config.seed)
+    with contextlib.ExitStack() as cleanup:
+        checkpoints = Checkpoints(
+            workdir,
+            keep_last=train_config.keep_last,
+            best_metric=setup.best_metric,
+            best_mode=setup.best_mode,
+        )
+        cleanup.callback(checkpoints.close)
+        step = 0
+        if resume and checkpoints.latest_step() is not None:
+            step, params, opt_state = checkpoints.restore(params, opt_state, setup.batches)
+            print(f"resumed from step {step} in {workdir}")
+        writer = MetricWriter(workdir)
+        cleanup.callback(writer.close)
+        progress = tqdm(total=train_config.steps, initial=step, unit="step", dynamic_ncols=True)
+        cleanup.callback(progress.close)
+
+        def model() -> nnx.Module:
+            return nnx.merge(graphdef, params, rest)
+
+        eval_metrics: dict[str, float] = {}
+        tokens, tick = 0, time.perf_counter()
+        try:
+            while step < train_config.steps:
+                batch = next(setup.batches)
+                # Every random draw derives from (seed, step): a resumed run draws the same.
+                params, opt_state, metrics = step_fn(
+                    params, opt_state, batch, jax.random.fold_in(key, step)
+                )
+                step += 1
+                tokens += setup.count_tokens(batch)
+                progress.update(1)
+                if step % train_config.log_every == 0 or step == train_config.steps:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if not math.isfinite(values["loss"]):
+                        raise FloatingPointError(
+                            f"training loss became {values['loss']} at step {step}; "
+                            "lower train.learning_rate or check the data"
+                        )
+                    values["tokens_per_second"] = tokens / (time.perf_counter() - tick)
+                    tokens, tick = 0, time.perf_counter()
+                    writer.write(step, "train", values)
+                    progress.set_postfix(
+                        loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_second']:.0f}"
+                    )
+                evaluated = None
+                if step % train_config.eval_every == 0 or step == train_config.steps:
+                    eval_metrics = evaluated = setup.evaluate(model(), "validation")
+                    writer.write(step, "eval", evaluated)
+                    progress.write(
+                        f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items())
+                    )
+                    tick = time.perf_counter()  # evaluation time is not training speed
+                if (
+                    step % train_config.checkpoint_every == 0
+                    or step == train_config.steps
+                    or evaluated is not None
+                ):
+                    checkpoints.save(step, params, opt_state, setup.batches, evaluated)
+        except KeyboardInterrupt:
+            checkpoints.save(step, params, opt_state, setup.batches)
+            progress.write(f"\ninterrupted: saved step {step} in {workdir}; continue with --resume")
+            raise SystemExit(130) from None
+        test_metrics = setup.evaluate(model(), "test")
+        writer.write(step, "test", test_metrics)
+    for path in setup.visualize(model(), workdir / "plots"):
+        print(f"plot: {path}")
+    return {**{f"validation_{k}": v for k, v in eval_metrics.items()}, **test_metrics}

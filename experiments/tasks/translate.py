@@ -1,0 +1,263 @@
+"""Translation: RNNsearch and RNNencdec (Bahdanau et al. 2014) on the shared runner.
+
+Default data: English -> Spanish Bible verses (``bible_en_es``, shipped, offline).
+Evaluation: teacher-forced loss on the held-out split, corpus BLEU of beam-search
+translations, and BLEU by source length (the paper's Figure 2). Pictures: alignment
+heatmaps of held-out sentences (the paper's Figure 3).
+"""
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments import config as config_lib
+from experiments import evaluate as evaluate_lib
+from experiments import visualize as visualize_lib
+from experiments.config import TrainConfig
+from experiments.data import translation
+from experiments.runner import Batch, Setup
+from zoo import decoding
+from zoo.models.rnnsearch import RNNSearch, RNNSearchConfig
+
+MODELS = ("rnnsearch", "rnnencdec")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    name: str = "bible_en_es"  # a TFDS name: the shipped default, or e.g. wmt14_translate/fr-en
+    data_dir: str = "runs/data"  # where TFDS datasets and tokenizers are prepared and cached
+    manual_dir: str | None = None  # local files for datasets that need them (TFDS manual_dir)
+    max_length: int = 50  # tokens per side; longer pairs are dropped (RNNsearch-50)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    examples: int = 500  # held-out sentences translated for BLEU (None of them in training)
+    beam_size: int = 5  # beam width for BLEU
+    length_penalty: float = 0.6  # GNMT alpha (Wu et al. 2016, eq. 14); 0 = none
+    batch_size: int = 100  # sentences decoded at once
+    plots: int = 4  # held-out sentences drawn as alignment heatmaps
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    experiment: str  # "translate"
+    model_name: str  # one of MODELS
+    data: DataConfig
+    model: RNNSearchConfig  # source/target vocabulary sizes also size the tokenizers
+    train: TrainConfig
+    eval: EvalConfig
+
+
+def presets(model: str) -> dict[str, Config]:
+    attention = model == "rnnsearch"
+    tiny = Config(
+        experiment="translate",
+        model_name=model,
+        data=DataConfig(max_length=40),
+        model=RNNSearchConfig(
+            source_vocab_size=4000,
+            target_vocab_size=4000,
+            embed_dim=128,
+            hidden_dim=256,
+            attention_dim=256,
+            maxout_dim=128,
+            attention=attention,
+        ),
+        train=TrainConfig(
+            steps=2500,
+            batch_size=64,
+            learning_rate=2e-3,
+            warmup_steps=100,
+            eval_every=2500,
+            checkpoint_every=250,
+        ),
+        eval=EvalConfig(examples=400, beam_size=4),
+    )
+    paper = Config(
+        experiment="translate",
+        model_name=model,
+        data=DataConfig(max_length=50),
+        model=RNNSearchConfig(attention=attention),  # the paper's sizes, appendix A.2
+        # Appendix B.2: minibatches of 80 sentences, Adadelta; about 5 days on a GPU.
+        train=TrainConfig(
+            steps=300_000,
+            batch_size=80,
+            learning_rate=1.0,
+            schedule="constant",
+            warmup_steps=0,
+            optimizer="adadelta",
+            eval_every=5000,
+            checkpoint_every=1000,
+        ),
+        eval=EvalConfig(beam_size=12, examples=2000),
+    )
+    smoke = dataclasses.replace(
+        tiny,
+        data=DataConfig(max_length=24),
+        model=dataclasses.replace(
+            tiny.model,
+            source_vocab_size=300,
+            target_vocab_size=300,
+            embed_dim=16,
+            hidden_dim=24,
+            attention_dim=16,
+            maxout_dim=8,
+        ),
+        train=dataclasses.replace(
+            tiny.train, steps=4, batch_size=8, eval_every=4, checkpoint_every=2, log_every=1
+        ),
+        eval=EvalConfig(examples=8, beam_size=2, batch_size=8, plots=1),
+    )
+    return {"tiny": tiny, "paper": paper, "smoke": smoke}
+
+
+def load_config(path: pathlib.Path) -> Config:
+    return config_lib.load(Config, path)
+
+
+def setup(config: Config, workdir: pathlib.Path) -> Setup:
+    data = translation.make_translation_data(
+        name=config.data.name,
+        data_dir=pathlib.Path(config.data.data_dir),
+        manual_dir=None if config.data.manual_dir is None else pathlib.Path(config.data.manual_dir),
+        source_vocab_size=config.model.source_vocab_size,
+        target_vocab_size=config.model.target_vocab_size,
+        max_length=config.data.max_length,
+        batch_size=config.train.batch_size,
+        seed=config.train.seed,
+    )
+    model_config = dataclasses.replace(config.model, pad_id=translation.PAD_ID)
+    model = RNNSearch(model_config, rngs=nnx.Rngs(config.train.seed))
+    graphdef = nnx.graphdef(model)
+    evaluation = _Evaluation(config.eval, data, graphdef, config.data.max_length)
+    return Setup(
+        model=model,
+        batches=data.train_iterator(),
+        loss_fn=loss_fn,
+        evaluate=evaluation.evaluate,
+        visualize=evaluation.visualize,
+        count_tokens=lambda batch: int(np.sum(batch["target"] != translation.PAD_ID)),
+        best_metric="bleu",
+        best_mode="max",
+    )
+
+
+def loss_fn(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy per target token under teacher forcing (Bahdanau et al. eq. (1))."""
+    del rng  # RNNsearch uses no dropout
+    target = batch["target"]  # [B, T+1]: BOS y_1 .. y_n EOS pad ..
+    logits = model(batch["source"], target[:, :-1])
+    labels = target[:, 1:]
+    real = (labels != translation.PAD_ID).astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    tokens = jnp.maximum(real.sum(), 1.0)
+    accuracy = ((logits.argmax(-1) == labels) * real).sum() / tokens
+    return (losses * real).sum() / tokens, {"accuracy": accuracy}
+
+
+class _Evaluation:
+    """Held-out loss, beam-search BLEU and alignment pictures, jitted once per run."""
+
+    def __init__(self, config: EvalConfig, data: Any, graphdef: nnx.GraphDef, max_length: int):
+        self.config = config
+        self.data = data
+        self.graphdef = graphdef
+        self.max_length = max_length
+        self.eval_loss = jax.jit(self._eval_loss)
+        self.translate = jax.jit(self._translate)
+
+    def _model(self, state: nnx.State) -> RNNSearch:
+        return nnx.merge(self.graphdef, state)
+
+    def _eval_loss(self, state: nnx.State, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        model = self._model(state)
+        target = batch["target"]
+        logits = model(batch["source"], target[:, :-1])
+        labels = target[:, 1:]
+        real = labels != translation.PAD_ID
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return (losses * real).sum(), real.sum()
+
+    def _translate(self, state: nnx.State, source: jax.Array) -> jax.Array:
+        model = self._model(state)
+
+        def step(tokens: jax.Array, carry: dict) -> tuple[jax.Array, dict]:
+            logits, carry, _ = model.step(tokens, carry)
+            return logits, carry
+
+        result = decoding.beam_search(
+            step,
+            model.encode(source),
+            beam_size=self.config.beam_size,
+            bos_id=translation.BOS_ID,
+            eos_id=translation.EOS_ID,
+            pad_id=translation.PAD_ID,
+            max_length=self.max_length,
+            length_penalty=self.config.length_penalty,
+        )
+        return result.tokens[:, 0]
+
+    def evaluate(self, model: nnx.Module, split: str) -> dict[str, float]:
+        state = nnx.state(model)
+        total, count = 0.0, 0.0
+        for batch in self.data.eval_batches(split=split):
+            loss, tokens = self.eval_loss(state, batch)
+            total, count = total + float(loss), count + float(tokens)
+        sources, references = self.data.eval_pairs(self.config.examples, split=split)
+        hypotheses = self.translate_texts(state, sources)
+        metrics = {
+            "loss": total / max(count, 1.0),
+            "bleu": evaluate_lib.corpus_bleu(hypotheses, references),
+        }
+        for bucket, bleu in evaluate_lib.bleu_by_length(sources, hypotheses, references).items():
+            metrics[f"bleu_len_{bucket}"] = bleu
+        return metrics
+
+    def translate_texts(self, state: nnx.State, sources: list[str]) -> list[str]:
+        hypotheses: list[str] = []
+        size = self.config.batch_size
+        for start in range(0, len(sources), size):
+            chunk = sources[start : start + size]
+            # Pad the last chunk to the full batch so the decoder compiles once.
+            padded = chunk + [chunk[-1]] * (size - len(chunk))
+            tokens = self.translate(state, self.data.encode_sources(padded, self.max_length))
+            hypotheses += self.data.decode_targets(np.asarray(tokens))[: len(chunk)]
+        return hypotheses
+
+    def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
+        state = nnx.state(model)
+        sources, _ = self.data.eval_pairs(self.config.plots, split="test")
+        hypotheses = self.translate_texts(state, sources)
+        paths = []
+        for i, (source, hypothesis) in enumerate(zip(sources, hypotheses, strict=True)):
+            source_ids = self.data.encode_sources([source], self.max_length)
+            target_ids = self.data.encode_targets([hypothesis], self.max_length + 1)
+            _, weights = _alignment(self.graphdef, state, source_ids, target_ids)
+            source_pieces = self.data.source_pieces(source_ids[0])
+            target_pieces = self.data.target_pieces(target_ids[0, 1:])
+            paths.append(
+                visualize_lib.alignment_heatmap(
+                    np.asarray(weights[0, : len(target_pieces), : len(source_pieces)]),
+                    source_pieces,
+                    target_pieces,
+                    out_dir / f"alignment_{i}.png",
+                    title=f"{source}\n-> {hypothesis}",
+                )
+            )
+        return paths
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _alignment(
+    graphdef: nnx.GraphDef, state: nnx.State, source: jax.Array, target: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Teacher-forced pass over a translation: (logits, alignment weights [B, T, S])."""
+    return nnx.merge(graphdef, state)(source, target[:, :-1], return_weights=True)

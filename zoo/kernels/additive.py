@@ -1,0 +1,216 @@
+"""Additive (concat / MLP) attention: Bahdanau, Cho & Bengio 2014 (arXiv:1409.0473).
+
+The alignment model of eq. (6), spelled out in appendix A.1.2, scores decoder state
+``s_{i-1}`` (a query row) against annotation ``h_j`` (a key row) with a one-hidden-layer MLP::
+
+    e_ij = v_a^T tanh(W_a s_{i-1} + U_a h_j)
+
+then ``alpha_ij = softmax_j(e_ij)`` (eq. (6)) and the context ``c_i = sum_j alpha_ij h_j``
+(eq. (5)). ``U_a h_j`` does not depend on the decoder step ``i``, so the paper computes it
+once per source sentence (appendix A.1.2): call :func:`project_keys` once, then
+:func:`additive_attention` at every decoder step with ``T = 1``.
+
+Shapes (alphabet in ``zoo.shapes``; ``D_q``, ``D_k``, ``D_v`` are the query, key and value
+widths, all spelled ``D`` in einsum strings). Drop the leading ``B`` from every argument
+(and from ``mask``) for a single example: the rank of ``projected_keys`` decides::
+
+    query           [B, T, D_q]   decoder states s_{i-1}
+    keys            [B, S, D_k]   annotations h_j
+    projected_keys  [B, S, A]     U_a h_j (+ bias), from project_keys
+    values          [B, S, D_v]   what the weights average (the annotations in the paper)
+    w_query [D_q, A] (W_a), w_key [D_k, A] (U_a), v [A] (v_a), bias [A]
+    mask            bool, broadcastable to [B, T, S] by NumPy rules; True = attend
+    weights         [B, T, S] float32
+"""
+
+from typing import Literal, overload
+
+import jax.numpy as jnp
+
+from zoo.kernels.softmax import masked_softmax
+from zoo.shapes import Array
+
+__all__ = ["additive_attention", "additive_scores", "project_keys"]
+
+
+def project_keys(keys: Array, w_key: Array, bias: Array | None = None) -> Array:
+    """``U_a h_j (+ bias)``: ``keys [B, S, D_k]`` -> ``[B, S, A]`` in the keys' dtype.
+
+    Bahdanau et al. 2014 have no bias here; it is offered because most reimplementations
+    (and ``flax.linen.Dense``) keep one.
+    """
+    keys, w_key = jnp.asarray(keys), jnp.asarray(w_key)
+    if keys.ndim not in (2, 3):
+        raise ValueError(f"keys must be [B, S, D_k] or [S, D_k], got shape {keys.shape}")
+    _check_dtypes(keys.dtype, keys=keys, w_key=w_key)
+    sizes = {"D_k": keys.shape[-1]}
+    _check_shape("w_key", w_key, ("D_k", "A"), sizes)
+    projected = jnp.einsum("...SD,DA->...SA", keys, w_key)
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        _check_dtypes(keys.dtype, bias=bias)
+        _check_shape("bias", bias, ("A",), sizes)
+        projected = projected + bias
+    return projected
+
+
+def additive_scores(query: Array, projected_keys: Array, *, w_query: Array, v: Array) -> Array:
+    """Unnormalised alignment scores ``e [B, T, S]`` (float32), eq. (6) / appendix A.1.2."""
+    query, projected_keys, _, w_query, v, _, batched = _prepare(
+        query, projected_keys, None, w_query, v, None
+    )
+    scores = _scores(query, projected_keys, w_query, v)
+    return scores if batched else scores[0]
+
+
+@overload
+def additive_attention(
+    query: Array,
+    projected_keys: Array,
+    values: Array,
+    *,
+    w_query: Array,
+    v: Array,
+    mask: Array | None = None,
+    return_weights: Literal[False] = False,
+) -> Array: ...
+@overload
+def additive_attention(
+    query: Array,
+    projected_keys: Array,
+    values: Array,
+    *,
+    w_query: Array,
+    v: Array,
+    mask: Array | None = None,
+    return_weights: Literal[True],
+) -> tuple[Array, Array]: ...
+@overload
+def additive_attention(
+    query: Array,
+    projected_keys: Array,
+    values: Array,
+    *,
+    w_query: Array,
+    v: Array,
+    mask: Array | None = None,
+    return_weights: bool,
+) -> Array | tuple[Array, Array]: ...
+def additive_attention(
+    query: Array,
+    projected_keys: Array,
+    values: Array,
+    *,
+    w_query: Array,
+    v: Array,
+    mask: Array | None = None,
+    return_weights: bool = False,
+) -> Array | tuple[Array, Array]:
+    """Bahdanau attention: context ``[B, T, D_v]`` in the values' dtype.
+
+    Args:
+      query: ``[B, T, D_q]`` decoder states ``s_{i-1}``; ``T = 1`` for one decoding step.
+      projected_keys: ``[B, S, A]`` from :func:`project_keys`, computed once per source.
+      values: ``[B, S, D_v]``, usually the keys (annotations) themselves.
+      w_query: ``[D_q, A]``, ``W_a``.
+      v: ``[A]``, ``v_a``.
+      mask: bool broadcastable to ``[B, T, S]`` (True = attend): ``[B, 1, S]`` for source
+        padding, ``[T, S]`` for a mask shared by the batch, ``[B, T, S]`` in general.
+        A ``[B, S]`` mask is read as ``[T, S]``, as NumPy broadcasting would.
+      return_weights: also return the float32 weights ``alpha [B, T, S]``.
+
+    Returns:
+      The context ``[B, T, D_v]`` (eq. (5)), and the weights if asked. A query row with no
+      key to attend gets zero context and zero gradients.
+    """
+    query, projected_keys, values_, w_query, v, mask, batched = _prepare(
+        query, projected_keys, values, w_query, v, mask
+    )
+    assert values_ is not None
+    weights = masked_softmax(_scores(query, projected_keys, w_query, v), mask)
+    context = jnp.einsum("BTS,BSD->BTD", weights.astype(values_.dtype), values_)
+    if not batched:
+        context, weights = context[0], weights[0]
+    return (context, weights) if return_weights else context
+
+
+def _scores(query: Array, projected_keys: Array, w_query: Array, v: Array) -> Array:
+    """``e [B, T, S]`` float32 from validated, batched inputs."""
+    projected_query = jnp.einsum("BTD,DA->BTA", query, w_query)
+    # Appendix A.1.2: W_a s_{i-1} + U_a h_j for every (i, j) pair; B*T*S*A is the price of
+    # additive attention, and why decoding runs it with T = 1.
+    hidden = jnp.tanh(projected_query[:, :, None, :] + projected_keys[:, None, :, :])
+    # Accumulate the v_a contraction in float32 so bf16/fp16 scores cannot overflow.
+    return jnp.einsum("BTSA,A->BTS", hidden, v, preferred_element_type=jnp.float32)
+
+
+def _prepare(
+    query: Array,
+    projected_keys: Array,
+    values: Array | None,
+    w_query: Array,
+    v: Array,
+    mask: Array | None,
+) -> tuple[Array, Array, Array | None, Array, Array, Array | None, bool]:
+    """Check shapes and dtypes at trace time; return the arrays with a leading batch axis."""
+    query, projected_keys = jnp.asarray(query), jnp.asarray(projected_keys)
+    w_query, v = jnp.asarray(w_query), jnp.asarray(v)
+    if projected_keys.ndim not in (2, 3):
+        raise ValueError(
+            f"projected_keys must be [B, S, A] or [S, A], got shape {projected_keys.shape}"
+        )
+    batched = projected_keys.ndim == 3
+    lead = ("B",) if batched else ()
+    sizes: dict[str, int] = {}
+    _check_shape("projected_keys", projected_keys, (*lead, "S", "A"), sizes)
+    _check_shape("query", query, (*lead, "T", "D_q"), sizes)
+    _check_shape("w_query", w_query, ("D_q", "A"), sizes)
+    _check_shape("v", v, ("A",), sizes)
+    arrays = {"query": query, "projected_keys": projected_keys, "w_query": w_query, "v": v}
+    if values is not None:
+        values = jnp.asarray(values)
+        _check_shape("values", values, (*lead, "S", "D_v"), sizes)
+        arrays["values"] = values
+    _check_dtypes(query.dtype, **arrays)
+    if mask is not None:
+        mask = _check_mask(mask, tuple(sizes[a] for a in (*lead, "T", "S")), (*lead, "T", "S"))
+    if not batched:
+        query, projected_keys = query[None], projected_keys[None]
+        values = None if values is None else values[None]
+        mask = None if mask is None else mask[None]
+    return query, projected_keys, values, w_query, v, mask, batched
+
+
+def _check_shape(name: str, x: Array, axes: tuple[str, ...], sizes: dict[str, int]) -> None:
+    """Raise unless ``x`` has one axis per letter and the sizes already bound in ``sizes``."""
+    # `or` short-circuits, so zip only ever sees equal lengths.
+    if x.ndim != len(axes) or any(sizes.get(a, n) != n for a, n in zip(axes, x.shape, strict=True)):
+        letters = "[" + ", ".join(axes) + "]"
+        numbers = "[" + ", ".join(str(sizes.get(a, a)) for a in axes) + "]"
+        expected = letters if numbers == letters else f"{letters} = {numbers}"
+        raise ValueError(f"{name} must be {expected}, got shape {x.shape}")
+    sizes.update(zip(axes, x.shape, strict=True))
+
+
+def _check_dtypes(dtype: jnp.dtype, **arrays: Array) -> None:
+    for name, x in arrays.items():
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+        if x.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype} like the other inputs, got {x.dtype}")
+
+
+def _check_mask(mask: Array, shape: tuple[int, ...], axes: tuple[str, ...]) -> Array:
+    """A bool mask that broadcasts to ``shape`` without help, padded to its rank."""
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"mask must be bool (True = attend), got dtype {mask.dtype}")
+    fits = mask.ndim <= len(shape) and all(
+        d in (1, n) for d, n in zip(mask.shape[::-1], shape[::-1], strict=False)
+    )
+    if not fits:
+        letters = "[" + ", ".join(axes) + "]"
+        raise ValueError(
+            f"mask must broadcast to {letters} = {list(shape)}, got shape {mask.shape}"
+        )
+    return mask.reshape((1,) * (len(shape) - mask.ndim) + mask.shape)
