@@ -58,6 +58,7 @@ class Config:
 
 def presets(model: str) -> dict[str, Config]:
     attention = model == "rnnsearch"
+    # Sized to train in about ten minutes on 2 CPU cores (the main job's budget is 15).
     tiny = Config(
         experiment="translate",
         model_name=model,
@@ -66,20 +67,21 @@ def presets(model: str) -> dict[str, Config]:
             source_vocab_size=4000,
             target_vocab_size=4000,
             embed_dim=128,
-            hidden_dim=256,
-            attention_dim=256,
-            maxout_dim=128,
+            hidden_dim=192,
+            attention_dim=192,
+            maxout_dim=96,
             attention=attention,
         ),
         train=TrainConfig(
-            steps=2500,
+            steps=1500,
             batch_size=64,
             learning_rate=2e-3,
             warmup_steps=100,
-            eval_every=2500,
+            eval_every=1500,
             checkpoint_every=250,
+            log_every=25,
         ),
-        eval=EvalConfig(examples=400, beam_size=4),
+        eval=EvalConfig(examples=300, beam_size=4),
     )
     paper = Config(
         experiment="translate",
