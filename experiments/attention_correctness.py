@@ -1,0 +1,145 @@
+"""Attention correctness: does a captioner look at the object it is naming?
+
+For every generated word that names an object with a ground-truth bounding box, compare the
+word's attention map over the annotation grid with the box:
+
+``peak_in_box``
+    Is the attention peak inside the box? The peak is the argmax cell (the first in row-major
+    order on ties), placed at the cell's centre in image coordinates. The paper's figures
+    upsample the map (Xu et al. 2015, sec. 5.4); a bilinear upsampling would not move the
+    peak, since a bilinear interpolant takes its maximum at a sample point (a cell centre),
+    so the cell centre is that argmax without the cost of the upsampling. A Gaussian blur
+    would move it, but that is a display choice, not the model's.
+``mass_in_box``
+    The share of attention inside the box: Liu, Mao, Sha & Yuille 2017 ("Attention
+    Correctness in Neural Image Captioning", arXiv:1605.09553) call this *attention
+    correctness*. Each cell spreads its weight evenly over its area (the nearest-neighbour
+    upsampled map), so the share is exact, whatever the box.
+``chance``
+    Box area / image area: the hit rate of a peak at a uniformly random point, and the
+    ``mass_in_box`` of uniform attention.
+``chance_cells``
+    The share of cell centres inside the box: the hit rate of a uniformly random *cell*, the
+    fair baseline of ``peak_in_box`` on a coarse grid (it tends to ``chance`` as cells shrink).
+
+Geometry: the ``gh x gw`` cells tile the ``H x W`` image uniformly (the encoder's grid is the
+image downsampled by a whole factor); cell ``(i, j)`` covers rows ``[i H/gh, (i+1) H/gh)`` and
+columns ``[j W/gw, (j+1) W/gw)``. Pixel ``(r, c)`` covers ``[r, r+1) x [c, c+1)``, so a box
+``(top, left, bottom, right)`` in pixels, bottom and right exclusive, is the half-open
+rectangle ``[top, bottom) x [left, right)``: pixel rows ``top .. bottom - 1``. (TFDS boxes are
+``(ymin, xmin, ymax, xmax)`` in [0, 1]: multiply by ``(H, W, H, W)``.) Boxes are clipped to the
+image.
+
+Shapes: ``maps [..., gh, gw]`` (a model's weights ``[T, L]`` reshaped to ``[T, gh, gw]``, cells
+row-major) and ``boxes [..., 4]`` with the same leading axes (or broadcastable), one box per
+map. Pure NumPy functions; jax arrays are accepted.
+"""
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["AttentionCorrectness", "attention_correctness", "peak_locations"]
+
+
+class AttentionCorrectness(NamedTuple):
+    """Per-word results, each of the maps' leading shape ``[...]``."""
+
+    peak_in_box: np.ndarray  # bool: the attention peak lies inside the box
+    mass_in_box: np.ndarray  # float64 in [0, 1]: share of attention inside the box
+    chance: np.ndarray  # float64: box area / image area
+    chance_cells: np.ndarray  # float64: share of the gh * gw cell centres inside the box
+
+    def rates(self) -> dict[str, float]:
+        """Means over all words: the numbers to report for a split (NaN if there are none)."""
+        return {
+            name: float(np.mean(value)) if np.size(value) else float("nan")
+            for name, value in self._asdict().items()
+        }
+
+
+def peak_locations(maps: Any, image_size: tuple[int, int]) -> np.ndarray:
+    """The centre of each map's argmax cell in image coordinates: ``[..., 2]`` as ``(y, x)``."""
+    maps = _check_maps(maps)
+    height, width = _check_image_size(image_size)
+    gh, gw = maps.shape[-2:]
+    flat = maps.reshape(*maps.shape[:-2], gh * gw)
+    row, col = np.divmod(np.argmax(flat, axis=-1), gw)
+    return np.stack([(row + 0.5) * height / gh, (col + 0.5) * width / gw], axis=-1)
+
+
+def attention_correctness(
+    maps: Any, boxes: Any, image_size: tuple[int, int]
+) -> AttentionCorrectness:
+    """Compare attention maps ``[..., gh, gw]`` with boxes ``[..., 4]`` on an image.
+
+    Args:
+      maps: non-negative attention weights over the grid, one map per word.
+      boxes: ``(top, left, bottom, right)`` in pixels, bottom/right exclusive, one per map.
+      image_size: ``(H, W)`` in pixels of the image the maps were computed from.
+    """
+    maps = _check_maps(maps)
+    height, width = _check_image_size(image_size)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim < 1 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be [..., 4] (top, left, bottom, right), got {boxes.shape}")
+    try:
+        lead = np.broadcast_shapes(maps.shape[:-2], boxes.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"maps [..., gh, gw] and boxes [..., 4] must share leading axes, got "
+            f"{maps.shape} and {boxes.shape}"
+        ) from None
+    gh, gw = maps.shape[-2:]
+    top, bottom = np.clip(boxes[..., 0], 0, height), np.clip(boxes[..., 2], 0, height)
+    left, right = np.clip(boxes[..., 1], 0, width), np.clip(boxes[..., 3], 0, width)
+    if np.any(bottom < top) or np.any(right < left):
+        raise ValueError("boxes must have top <= bottom and left <= right")
+
+    y, x = np.moveaxis(peak_locations(maps, image_size), -1, 0)
+    peak_in_box = (top <= y) & (y < bottom) & (left <= x) & (x < right)
+
+    # Share of each cell row / column inside the box, [..., gh] and [..., gw].
+    rows = _overlap(top, bottom, height, gh)
+    cols = _overlap(left, right, width, gw)
+    inside = np.einsum("...ij,...i,...j->...", maps, rows, cols)
+    total = maps.sum(axis=(-2, -1))
+    mass_in_box = np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)
+
+    chance = (bottom - top) * (right - left) / (height * width)
+    centre_rows = _centres_inside(top, bottom, height, gh)
+    centre_cols = _centres_inside(left, right, width, gw)
+    chance_cells = centre_rows * centre_cols / (gh * gw)
+    return AttentionCorrectness(
+        *(np.broadcast_to(a, lead) for a in (peak_in_box, mass_in_box, chance, chance_cells))
+    )
+
+
+def _overlap(start: np.ndarray, stop: np.ndarray, size: int, cells: int) -> np.ndarray:
+    """Fraction of each of ``cells`` equal intervals of ``[0, size)`` inside ``[start, stop)``."""
+    edges = np.arange(cells + 1) * (size / cells)
+    low = np.maximum(edges[:-1], start[..., None])
+    high = np.minimum(edges[1:], stop[..., None])
+    return np.maximum(high - low, 0.0) / (size / cells)
+
+
+def _centres_inside(start: np.ndarray, stop: np.ndarray, size: int, cells: int) -> np.ndarray:
+    centres = (np.arange(cells) + 0.5) * (size / cells)
+    return ((start[..., None] <= centres) & (centres < stop[..., None])).sum(axis=-1)
+
+
+def _check_maps(maps: Any) -> np.ndarray:
+    maps = np.asarray(maps)
+    if maps.ndim < 2 or 0 in maps.shape[-2:] or not np.issubdtype(maps.dtype, np.floating):
+        raise ValueError(
+            f"maps must be float [..., gh, gw] with gh, gw >= 1, got {maps.dtype} {maps.shape}"
+        )
+    return maps.astype(np.float64)
+
+
+def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    if len(image_size) != 2 or not all(
+        isinstance(n, int | np.integer) and n > 0 for n in image_size
+    ):
+        raise ValueError(f"image_size must be (H, W), two positive ints, got {image_size}")
+    return int(image_size[0]), int(image_size[1])
