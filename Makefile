@@ -31,5 +31,11 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -n 2
 
+# A quick kernel benchmark against jax.nn and PyTorch SDPA (installs the bench extra).
+# The full sweep: $(PY) -m benchmarks.kernels --mode full; issue-6 targets: --mode targets.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(PY) -m benchmarks.kernels --mode quick
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -29,6 +29,7 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam" | "adamw" | "adadelta" (Bahdanau et al. 2014 used it)
     weight_decay: float = 0.0  # decoupled weight decay (adamw only)
     clip_norm: float = 1.0  # clip the global gradient norm (Bahdanau et al.: norm 1)
+    label_smoothing: float = 0.0  # Szegedy et al. 2016; the Transformer used 0.1 (sec. 5.4)
     eval_every: int = 500  # steps between evaluations (and best-checkpoint updates)
     checkpoint_every: int = 250  # steps between checkpoints
     keep_last: int = 2  # how many recent checkpoints to keep

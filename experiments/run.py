@@ -25,7 +25,10 @@ from experiments import config as config_lib
 from experiments import runner
 
 # Experiment name -> module with MODELS, presets(model), load_config(path), setup(config, workdir).
-EXPERIMENTS = {"translate": "experiments.tasks.translate"}
+EXPERIMENTS = {
+    "translate": "experiments.tasks.translate",
+    "lm": "experiments.tasks.lm",
+}
 
 
 class UsageError(ValueError):

@@ -1,4 +1,5 @@
-"""Attention pictures: alignment heatmaps, and a CLI that redraws a run's plots.
+"""Attention pictures: alignment heatmaps, head grids, image overlays, and a CLI that redraws
+a run's plots.
 
     python -m experiments.visualize RUN_DIR [--best]
 
@@ -14,10 +15,11 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["alignment_heatmap", "main"]
+__all__ = ["alignment_heatmap", "head_grid", "image_overlay", "main"]
 
 
 def alignment_heatmap(
@@ -47,6 +49,139 @@ def alignment_heatmap(
         ax.set_title(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def head_grid(
+    weights: np.ndarray,
+    query_tokens: Sequence[str],
+    key_tokens: Sequence[str],
+    path: pathlib.Path,
+    title: str = "",
+) -> pathlib.Path:
+    """Draw per-layer, per-head weights ``[layers, N, T, S]`` as a grid of heatmaps.
+
+    One row per layer, one column per head (Vaswani et al. 2017, Figures 3-5 show single
+    heads of this grid); query tokens label the rows of each map, key tokens the columns.
+    """
+    weights = np.asarray(weights)
+    if weights.ndim != 4 or weights.shape[2:] != (len(query_tokens), len(key_tokens)):
+        raise ValueError(
+            f"weights must be [layers, N, T, S] with T, S = {len(query_tokens)}, "
+            f"{len(key_tokens)} for the given tokens, got shape {weights.shape}"
+        )
+    layers, heads = weights.shape[:2]
+    cell = max(1.6, 0.12 * max(len(query_tokens), len(key_tokens)))
+    fig, axes = plt.subplots(
+        layers,
+        heads,
+        figsize=(cell * heads + 1, cell * layers + 1),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    small = len(key_tokens) <= 24
+    for layer in range(layers):
+        for head in range(heads):
+            ax = axes[layer, head]
+            ax.imshow(weights[layer, head], cmap="viridis", vmin=0.0, aspect="auto")
+            ax.set_xticks(range(len(key_tokens)) if small else [])
+            ax.set_yticks(range(len(query_tokens)) if small else [])
+            if small and layer == layers - 1:
+                ax.set_xticklabels(key_tokens, rotation=90, fontsize=6)
+            if small and head == 0:
+                ax.set_yticklabels(query_tokens, fontsize=6)
+            ax.set_title(f"layer {layer} head {head}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def image_overlay(
+    image: np.ndarray,
+    words: Sequence[str],
+    maps: np.ndarray,
+    path: pathlib.Path,
+    *,
+    boxes: np.ndarray | None = None,
+    title: str = "",
+    columns: int = 6,
+) -> pathlib.Path:
+    """The image, then one panel per word with its attention map over the image.
+
+    Xu et al. 2015, Figures 2-3. Each map ``[gh, gw]`` is stretched over the whole image
+    (cell ``(i, j)`` covers rows ``[i H/gh, (i+1) H/gh)``, the geometry of
+    ``experiments.attention_correctness``) and upsampled bilinearly for display, on a colour
+    scale from 0 to its own maximum (given in the panel's title).
+
+    Args:
+      image: ``[H, W]`` or ``[H, W, C]`` (C = 1 or 3), values in [0, 1].
+      words: the generated words, one per map.
+      maps: ``[T, gh, gw]`` non-negative attention weights, ``T = len(words)``.
+      path: the PNG to write.
+      boxes: optional ``[T, 4]`` ``(top, left, bottom, right)`` in pixels (bottom/right
+        exclusive): the box each word names, outlined; rows of -1 for words naming none.
+      title: above the figure, e.g. the whole caption.
+      columns: panels per row.
+    """
+    image, maps = np.asarray(image, dtype=np.float32), np.asarray(maps)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise ValueError(f"image must be [H, W], [H, W, 1] or [H, W, 3], got shape {image.shape}")
+    if maps.ndim != 3 or len(maps) != len(words):
+        raise ValueError(
+            f"maps must be [T, gh, gw] with T = {len(words)} (one per word), got shape {maps.shape}"
+        )
+    if boxes is not None and np.shape(boxes) != (len(words), 4):
+        raise ValueError(
+            f"boxes must be [T, 4] with T = {len(words)} (one per word), got shape "
+            f"{np.shape(boxes)}"
+        )
+    height, width = image.shape[:2]
+    # Pixel r covers [r, r + 1), as in the boxes and the attention cells.
+    extent = (0.0, float(width), float(height), 0.0)
+    panels = 1 + len(words)
+    columns = max(1, min(columns, panels))
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(1.8 * columns, 1.9 * rows + 0.4),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(image, cmap="gray", vmin=0.0, vmax=1.0, extent=extent)
+    for k, word in enumerate(words):
+        ax = axes.flat[k + 1]
+        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, extent=extent)
+        peak = float(maps[k].max())
+        ax.imshow(
+            maps[k],
+            cmap="inferno",
+            vmin=0.0,
+            vmax=peak if peak > 0 else 1.0,
+            alpha=0.6,
+            extent=extent,
+            interpolation="bilinear",
+        )
+        if boxes is not None and boxes[k][0] >= 0:
+            top, left, bottom, right = (float(v) for v in boxes[k])
+            ax.add_patch(
+                matplotlib.patches.Rectangle(
+                    (left, top), right - left, bottom - top, fill=False, edgecolor="lime"
+                )
+            )
+        ax.set_title(f"{word} ({peak:.2f})", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 

@@ -52,13 +52,32 @@ def test_resume_trains_on_and_visualize_redraws(finished_run):
     assert visualize.main([str(workdir)]) == [plot] and plot.exists()
 
 
+def test_transformer_translates_and_draws_every_head(tmp_path, data_dir):
+    metrics = run.main(
+        [
+            "translate",
+            "--model",
+            "transformer",
+            "--preset",
+            "smoke",
+            "--workdir",
+            str(tmp_path),
+            "--set",
+            f"data.data_dir={data_dir}",
+        ]
+    )
+    assert 0.0 <= metrics["bleu"] <= 100.0 and metrics["loss"] > 0
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["label_smoothing"] == 0.1
+    assert (tmp_path / "plots" / "cross_attention_0.png").stat().st_size > 1000
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["translat"], r"unknown experiment 'translat'; choose one of \['translate'\]"),
+        (["translat"], r"unknown experiment 'translat'; choose one of \[.*'translate'.*\]"),
         (
             ["translate", "--model", "rnn"],
-            r"unknown model 'rnn' for translate; choose one of \['rnnsearch', 'rnnencdec'\]",
+            r"unknown model 'rnn' for translate; choose one of \['rnnsearch', 'rnnencdec', 'transformer'\]",
         ),
         (
             ["translate", "--preset", "huge"],

@@ -20,7 +20,7 @@ from zoo.shapes import Array, PRNGKey
 
 __all__ = ["dot_product_attention"]
 
-_IMPLEMENTATIONS = (None, "xla", "reference")
+_IMPLEMENTATIONS = (None, "xla", "reference", "blockwise")
 
 
 def dot_product_attention(
@@ -74,7 +74,9 @@ def dot_product_attention(
       deterministic: disable dropout.
       return_weights: also return the float32 weights ``[B, N, T, S]`` (before dropout).
       return_residual: also return the float32 log-sum-exp of the logits ``[B, T, N]``.
-      implementation: ``None``, ``"xla"`` or ``"reference"`` (all this kernel).
+      implementation: ``None``, ``"xla"`` or ``"reference"`` (all this kernel), or
+        ``"blockwise"``: :func:`zoo.kernels.blockwise_attention`, the same numbers in memory
+        linear in T and S (no ``return_weights``; its own dropout pattern).
       dtype: optional compute dtype; inputs are cast to it (``flax.nnx`` passes this).
       precision: einsum precision (``flax.nnx`` passes this).
       module: ``flax.nnx`` passes its module to sow weights; only ``None`` is supported,
@@ -93,6 +95,32 @@ def dot_product_attention(
         raise ValueError(
             "module= (flax weight sowing) is not supported by zoo kernels; "
             "call with return_weights=True to get the attention weights"
+        )
+    if implementation == "blockwise":
+        # Imported here because zoo.kernels.chunked builds on this module's input checks.
+        from zoo.kernels.chunked import blockwise_attention
+
+        return blockwise_attention(
+            query,
+            key,
+            value,
+            bias,
+            mask,
+            scale=scale,
+            is_causal=is_causal,
+            query_seq_lengths=query_seq_lengths,
+            key_value_seq_lengths=key_value_seq_lengths,
+            local_window_size=local_window_size,
+            query_segment_ids=query_segment_ids,
+            key_value_segment_ids=key_value_segment_ids,
+            dropout_rate=dropout_rate,
+            dropout_rng=dropout_rng,
+            broadcast_dropout=broadcast_dropout,
+            deterministic=deterministic,
+            return_weights=return_weights,
+            return_residual=return_residual,
+            dtype=dtype,
+            precision=precision,
         )
     if dtype is not None:
         query, key, value = (jnp.asarray(x, dtype) for x in (query, key, value))

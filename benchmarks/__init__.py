@@ -1,0 +1,1 @@
+"""Speed, memory and scaling benchmarks of the zoo's kernels against peer libraries."""

@@ -1,0 +1,228 @@
+"""Language modelling: a decoder-only Transformer on the shared runner.
+
+Default data: ten Shakespeare plays (``shakespeare_plays``, shipped, offline), character level,
+with two whole plays held out. Evaluation: mean negative log-likelihood in nats per token
+(per character at character level) over every held-out window. Pictures: per-layer, per-head
+causal self-attention maps of a held-out line.
+"""
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments import config as config_lib
+from experiments import visualize as visualize_lib
+from experiments.config import TrainConfig
+from experiments.data import language_model
+from experiments.data.translation import PAD_ID
+from experiments.runner import Batch, Setup
+from zoo.models.transformer import TransformerConfig, TransformerLM
+
+MODELS = ("transformer",)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    name: str = "shakespeare_plays"  # or shakespeare_plays/by_position, tiny_shakespeare, lm1b
+    data_dir: str = "runs/data"  # where TFDS datasets, vocabularies and streams are cached
+    manual_dir: str | None = None  # a local copy of the raw files, for the real datasets
+    tokenizer: str = "char"  # "char" | "bpe" (sentencepiece)
+    bpe_vocab_size: int = 2048  # pieces of the BPE vocabulary (tokenizer="bpe" only)
+    context_length: int = 64  # tokens each training window predicts
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    windows: int | None = 400  # held-out windows scored (evenly spaced); None = all
+    plot_length: int = 40  # tokens of the held-out line drawn as attention maps
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    experiment: str  # "lm"
+    model_name: str  # "transformer"
+    data: DataConfig
+    # vocab_size is the tokenizer's: setup replaces it with the data's vocabulary size.
+    model: TransformerConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+
+def presets(model: str) -> dict[str, Config]:
+    del model  # one model
+    # nanoGPT's CPU "baby GPT" (config/train_shakespeare_char.py, CPU settings): 4 layers,
+    # 4 heads, 128 wide, context 64, batch 12, 2000 iterations, dropout 0, lr 1e-3.
+    tiny = Config(
+        experiment="lm",
+        model_name="transformer",
+        data=DataConfig(context_length=64),
+        model=TransformerConfig(
+            vocab_size=83,
+            model_dim=128,
+            ff_dim=512,
+            num_heads=4,
+            num_layers=4,
+            dropout_rate=0.0,
+            pre_norm=True,
+            positions="learned",
+            max_length=256,
+            scale_embeddings=False,
+            attention_bias=False,
+            activation="gelu",
+            init_std=0.02,
+            layer_norm_epsilon=1e-5,
+        ),
+        train=TrainConfig(
+            steps=2000,
+            batch_size=12,
+            learning_rate=1e-3,
+            schedule="cosine",
+            warmup_steps=100,
+            optimizer="adamw",
+            weight_decay=0.1,
+            eval_every=500,
+            checkpoint_every=500,
+            log_every=50,
+        ),
+        eval=EvalConfig(),
+    )
+    gpt2_small = dataclasses.replace(
+        tiny,
+        data=DataConfig(tokenizer="bpe", bpe_vocab_size=8192, context_length=1024),
+        model=dataclasses.replace(
+            tiny.model,
+            model_dim=768,
+            ff_dim=3072,
+            num_heads=12,
+            num_layers=12,
+            dropout_rate=0.1,
+            max_length=1024,
+            attention_bias=True,
+        ),
+        train=dataclasses.replace(
+            tiny.train, steps=100_000, batch_size=8, learning_rate=6e-4, warmup_steps=2000
+        ),
+    )
+    smoke = dataclasses.replace(
+        tiny,
+        data=DataConfig(context_length=16),
+        model=dataclasses.replace(
+            tiny.model, model_dim=16, ff_dim=32, num_heads=2, num_layers=2, max_length=32
+        ),
+        train=dataclasses.replace(
+            tiny.train, steps=4, batch_size=4, eval_every=4, checkpoint_every=2, log_every=1
+        ),
+        eval=EvalConfig(windows=8, plot_length=12),
+    )
+    return {"tiny": tiny, "gpt2_small": gpt2_small, "smoke": smoke}
+
+
+def load_config(path: pathlib.Path) -> Config:
+    return config_lib.load(Config, path)
+
+
+def make_data(config: Config, *, batch_size: int | None = None) -> Any:
+    return language_model.make_lm_data(
+        config.data.name,
+        data_dir=pathlib.Path(config.data.data_dir),
+        manual_dir=config.data.manual_dir,
+        context_length=config.data.context_length,
+        batch_size=batch_size or config.train.batch_size,
+        seed=config.train.seed,
+        tokenizer=config.data.tokenizer,
+        vocab_size=config.data.bpe_vocab_size if config.data.tokenizer == "bpe" else None,
+    )
+
+
+def make_model(config: Config, data: Any) -> TransformerLM:
+    model_config = dataclasses.replace(config.model, vocab_size=data.vocab_size)
+    if model_config.max_length < config.data.context_length:
+        raise ValueError(
+            f"model.max_length ({model_config.max_length}) must cover data.context_length "
+            f"({config.data.context_length})"
+        )
+    return TransformerLM(model_config, rngs=nnx.Rngs(config.train.seed))
+
+
+def setup(config: Config, workdir: pathlib.Path) -> Setup:
+    del workdir
+    data = make_data(config)
+    model = make_model(config, data)
+    evaluation = _Evaluation(config, data, nnx.graphdef(model))
+    return Setup(
+        model=model,
+        batches=data.train_iterator(),
+        loss_fn=loss_fn,
+        evaluate=evaluation.evaluate,
+        visualize=evaluation.visualize,
+        count_tokens=lambda batch: int(np.sum(batch["tokens"][:, 1:] != PAD_ID)),
+        best_metric="loss",
+        best_mode="min",
+    )
+
+
+def _nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed negative log-likelihood (nats) of the non-padding targets, and their count."""
+    real = targets != PAD_ID
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return (losses * real).sum(), real.sum()
+
+
+def loss_fn(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean next-token cross-entropy in nats; dropout keyed by the step's rng."""
+    tokens = batch["tokens"]  # [B, T+1]
+    logits = model(tokens[:, :-1], rngs=rng)
+    total, count = _nll(logits, tokens[:, 1:])
+    return total / jnp.maximum(count, 1), {}
+
+
+class _Evaluation:
+    def __init__(self, config: Config, data: Any, graphdef: nnx.GraphDef):
+        self.config = config
+        self.data = data
+        self.graphdef = graphdef
+        self.score = jax.jit(self._score)
+
+    def _score(self, state: nnx.State, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = nnx.merge(self.graphdef, state)(tokens[:, :-1])
+        return _nll(logits, tokens[:, 1:])
+
+    def evaluate(self, model: nnx.Module, split: str) -> dict[str, float]:
+        state = nnx.state(model)
+        split = split if split in self.data.eval_splits else self.data.eval_splits[0]
+        total, count = 0.0, 0.0
+        for batch in self.data.eval_batches(split=split, limit=self.config.eval.windows):
+            nats, tokens = self.score(state, batch["tokens"])
+            total, count = total + float(nats), count + float(tokens)
+        loss = total / max(count, 1.0)
+        return {"loss": loss, "perplexity": float(np.exp(loss))}
+
+    def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
+        length = min(self.config.eval.plot_length, self.config.data.context_length)
+        stream = self.data.stream(self.data.eval_splits[0])
+        tokens = np.asarray(stream[:length], np.int32)[None]
+        _, weights = _forward_with_weights(self.graphdef, nnx.state(model), tokens)
+        pieces = self.data.pieces(tokens[0])
+        stacked = np.stack([np.asarray(w[0]) for w in weights["decoder_self"]])  # [L, N, T, T]
+        path = visualize_lib.head_grid(
+            stacked,
+            pieces,
+            pieces,
+            out_dir / "self_attention.png",
+            title=repr(self.data.decode(tokens[0])),
+        )
+        return [path]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_with_weights(
+    graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array
+) -> tuple[jax.Array, Any]:
+    return nnx.merge(graphdef, state)(tokens, return_weights=True)

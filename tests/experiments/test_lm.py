@@ -1,0 +1,51 @@
+"""The lm experiment on the smoke preset through the real CLI, and sampling from its run."""
+
+import json
+
+import pytest
+
+from experiments import run, sample, visualize
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("lm")
+    data_dir = tmp_path_factory.mktemp("data")
+    metrics = run.main(
+        ["lm", "--preset", "smoke", "--workdir", str(workdir), "--set", f"data.data_dir={data_dir}"]
+    )
+    return workdir, metrics
+
+
+def test_trains_and_reports_nats_per_token(finished_run):
+    workdir, metrics = finished_run
+    # An untrained character model sits near log(vocabulary) nats per character.
+    assert 2.0 < metrics["loss"] < 5.0 and metrics["validation_loss"] > 0
+    assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-4)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["experiment"] == "lm" and config["data"]["tokenizer"] == "char"
+    assert (workdir / "plots" / "self_attention.png").stat().st_size > 1000
+    (workdir / "plots" / "self_attention.png").unlink()
+    assert visualize.main([str(workdir)])[0].exists()
+
+
+def test_sample_continues_the_prompt(finished_run, capsys):
+    workdir, _ = finished_run
+    greedy = sample.main(
+        [str(workdir), "--prompt", "KING:", "--length", "12", "--method", "greedy"]
+    )
+    assert greedy == sample.main(
+        [str(workdir), "--prompt", "KING:", "--length", "12", "--method", "greedy"]
+    )
+    drawn = [
+        sample.main([str(workdir), "--prompt", "KING:", "--length", "12", "--seed", str(seed)])
+        for seed in (0, 0, 1)
+    ]
+    assert drawn[0] == drawn[1] != drawn[2]
+    assert capsys.readouterr().out.startswith("[step 4] KING:")
+
+
+def test_sample_rejects_a_too_long_request(finished_run):
+    workdir, _ = finished_run
+    with pytest.raises(SystemExit, match=r"exceeds the model's context of 32 positions"):
+        sample.main([str(workdir), "--prompt", "KING:", "--length", "40"])
