@@ -28,7 +28,7 @@ from experiments.data import translation
 from experiments.runner import Batch, Setup
 from zoo import decoding
 from zoo.models.rnnsearch import RNNSearch, RNNSearchConfig
-from zoo.models.transformer import Transformer, TransformerConfig
+from zoo.models.transformer import BASE, BIG, Transformer, TransformerConfig
 
 MODELS = ("rnnsearch", "rnnencdec", "transformer")
 
@@ -174,7 +174,7 @@ def _transformer_presets() -> dict[str, TransformerTranslateConfig]:
     base = dataclasses.replace(
         tiny,
         data=DataConfig(max_length=50),
-        model=dataclasses.replace(TransformerConfig(), vocab_size=8000),
+        model=dataclasses.replace(BASE, vocab_size=8000),  # Table 3 base, a smaller vocabulary
         train=paper_train,
         eval=EvalConfig(examples=2000, beam_size=4),
     )
@@ -187,7 +187,12 @@ def _transformer_presets() -> dict[str, TransformerTranslateConfig]:
         ),
         eval=EvalConfig(examples=8, beam_size=2, batch_size=8, plots=1),
     )
-    return {"tiny": tiny, "base": base, "smoke": smoke}
+    big = dataclasses.replace(
+        base,
+        model=dataclasses.replace(BIG, vocab_size=base.model.vocab_size),
+        train=dataclasses.replace(paper_train, learning_rate=5e-4),
+    )
+    return {"tiny": tiny, "base": base, "big": big, "smoke": smoke}
 
 
 def load_config(path: pathlib.Path) -> Config | TransformerTranslateConfig:

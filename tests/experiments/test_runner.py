@@ -1,6 +1,5 @@
 """The shared runner: checkpoints, resume after SIGKILL, Ctrl-C, corrupt checkpoints, logs."""
 
-import gc
 import json
 import os
 import pathlib
@@ -114,12 +113,6 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert saved in _saved_steps(tmp_path)
 
 
-# A failed orbax restore abandons coroutines that Python reports at garbage collection;
-# collect inside the test, where that report is expected, not in whichever test runs next.
-_ORBAX_ABANDONED = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-
-@_ORBAX_ABANDONED
 def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(uninterrupted, tmp_path):
     import shutil
 
@@ -132,16 +125,13 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(uninterrupted, tmp_p
     before = sorted(str(p) for p in workdir.rglob("*"))
     with pytest.raises(CheckpointError, match=r"cannot restore checkpoint 12 .* left untouched"):
         runner.train(toy_task.make_setup(), toy_task.train_config(14), workdir, resume=True)
-    gc.collect()
     assert sorted(str(p) for p in workdir.rglob("*") if "tensorboard" not in str(p)) == [
         p for p in before if "tensorboard" not in p
     ]
 
 
-@_ORBAX_ABANDONED
 def test_incompatible_model_is_a_clear_error(uninterrupted):
     setup = toy_task.make_setup()
     setup.model = nnx.Linear(5, 2, rngs=nnx.Rngs(0))  # a different shape than was saved
     with pytest.raises(CheckpointError, match="different model/config"):
         runner.train(setup, toy_task.train_config(14), uninterrupted, resume=True)
-    gc.collect()
