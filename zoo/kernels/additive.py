@@ -27,6 +27,9 @@ from typing import Literal, overload
 
 import jax.numpy as jnp
 
+from zoo.kernels._checks import check_dtypes as _check_dtypes
+from zoo.kernels._checks import check_mask as _check_mask
+from zoo.kernels._checks import check_shape as _check_shape
 from zoo.kernels.softmax import masked_softmax
 from zoo.shapes import Array
 
@@ -179,38 +182,3 @@ def _prepare(
         values = None if values is None else values[None]
         mask = None if mask is None else mask[None]
     return query, projected_keys, values, w_query, v, mask, batched
-
-
-def _check_shape(name: str, x: Array, axes: tuple[str, ...], sizes: dict[str, int]) -> None:
-    """Raise unless ``x`` has one axis per letter and the sizes already bound in ``sizes``."""
-    # `or` short-circuits, so zip only ever sees equal lengths.
-    if x.ndim != len(axes) or any(sizes.get(a, n) != n for a, n in zip(axes, x.shape, strict=True)):
-        letters = "[" + ", ".join(axes) + "]"
-        numbers = "[" + ", ".join(str(sizes.get(a, a)) for a in axes) + "]"
-        expected = letters if numbers == letters else f"{letters} = {numbers}"
-        raise ValueError(f"{name} must be {expected}, got shape {x.shape}")
-    sizes.update(zip(axes, x.shape, strict=True))
-
-
-def _check_dtypes(dtype: jnp.dtype, **arrays: Array) -> None:
-    for name, x in arrays.items():
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
-        if x.dtype != dtype:
-            raise TypeError(f"{name} must have dtype {dtype} like the other inputs, got {x.dtype}")
-
-
-def _check_mask(mask: Array, shape: tuple[int, ...], axes: tuple[str, ...]) -> Array:
-    """A bool mask that broadcasts to ``shape`` without help, padded to its rank."""
-    mask = jnp.asarray(mask)
-    if mask.dtype != jnp.bool_:
-        raise TypeError(f"mask must be bool (True = attend), got dtype {mask.dtype}")
-    fits = mask.ndim <= len(shape) and all(
-        d in (1, n) for d, n in zip(mask.shape[::-1], shape[::-1], strict=False)
-    )
-    if not fits:
-        letters = "[" + ", ".join(axes) + "]"
-        raise ValueError(
-            f"mask must broadcast to {letters} = {list(shape)}, got shape {mask.shape}"
-        )
-    return mask.reshape((1,) * (len(shape) - mask.ndim) + mask.shape)
