@@ -1,4 +1,5 @@
-"""Held-out metrics shared by the experiments: corpus BLEU (sacrebleu), BLEU by length."""
+"""Held-out metrics shared by the experiments: corpus BLEU (sacrebleu), BLEU by length,
+BLEU-1..4 against several references (captioning)."""
 
 import itertools
 import math
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 
 import sacrebleu
 
-__all__ = ["bleu_by_length", "corpus_bleu", "perplexity"]
+__all__ = ["bleu_by_length", "caption_bleu", "corpus_bleu", "perplexity"]
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -16,6 +17,38 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
             f"hypotheses and references must pair up, got {len(hypotheses)} and {len(references)}"
         )
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def caption_bleu(
+    hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_order: int = 4
+) -> dict[str, float]:
+    """BLEU-1 .. BLEU-``max_order`` of captions, each against all of its references, 0-100.
+
+    BLEU-n is corpus BLEU with n-grams up to n (geometric mean of the 1..n-gram precisions
+    times the brevity penalty), the numbers of Xu et al. 2015, Table 1. ``references[i]``
+    holds every reference caption of image ``i``; their number may vary from image to image.
+    (sacrebleu's 13a tokenization: the coco-caption toolkit's PTB tokenizer differs slightly.)
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(
+            f"hypotheses and references must pair up, got {len(hypotheses)} and {len(references)}"
+        )
+    if any(len(refs) == 0 for refs in references):
+        raise ValueError("references: expected at least one reference caption per hypothesis")
+    if not hypotheses:
+        raise ValueError("hypotheses: expected at least one caption")
+    # sacrebleu reads references as streams (the k-th reference of every image); a missing
+    # k-th reference is None.
+    streams = [
+        [refs[k] if k < len(refs) else None for refs in references]
+        for k in range(max(len(refs) for refs in references))
+    ]
+    return {
+        f"bleu{n}": float(
+            sacrebleu.BLEU(max_ngram_order=n).corpus_score(list(hypotheses), streams).score
+        )
+        for n in range(1, max_order + 1)
+    }
 
 
 def bleu_by_length(

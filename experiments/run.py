@@ -28,6 +28,7 @@ from experiments import runner
 EXPERIMENTS = {
     "translate": "experiments.tasks.translate",
     "lm": "experiments.tasks.lm",
+    "caption": "experiments.tasks.caption",
 }
 
 

@@ -1,0 +1,466 @@
+"""Image captioning: Show, Attend and Tell (Xu et al. 2015, soft attention) on the shared runner.
+
+Default data: scenes of real handwritten MNIST digits (``digit_scenes``, built offline) with
+the box of every digit, so where the model looks can be checked. Loss: negative
+log-likelihood of the caption plus the doubly stochastic penalty (eq. (14)); set
+``loss.penalty_strength=0`` to train without it. Evaluation on held-out images: teacher-forced
+loss, BLEU-1..4 of beam-search captions and BLEU-4 of greedy ones (sacrebleu), and attention
+correctness: for every generated digit word that names a digit of the scene, is the
+attention peak inside that digit's box, next to the chance rate. Pictures: the image and one
+panel per generated word with its attention map over the image (the paper's Figures 2-3).
+
+One addition to the paper: the images get two more channels, each pixel's row and column
+(``data.coordinates``, CoordConv). The digit scenes' captions name the digits left to right,
+and a small CNN trained from scratch hardly knows where its cells are (only zero padding at
+the borders tells it), so without them nothing in the annotations says which digit comes
+first. ``--set data.coordinates=false`` gives the paper's plain image input.
+"""
+
+import dataclasses
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments import attention_correctness as correctness_lib
+from experiments import config as config_lib
+from experiments import evaluate as evaluate_lib
+from experiments import visualize as visualize_lib
+from experiments.config import TrainConfig
+from experiments.data import captioning
+from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from experiments.data.words import split_words
+from experiments.runner import Batch, Setup
+from zoo import decoding
+from zoo.models.show_attend_tell import (
+    ShowAttendTell,
+    ShowAttendTellConfig,
+    doubly_stochastic_penalty,
+)
+
+MODELS = ("sat",)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # One of experiments.data.captioning.CAPTION_DATASETS: digit_scenes/canvas64 (default),
+    # digit_scenes/canvas96, digit_scenes/smoke, or the real coco_captions and flickr8k.
+    name: str = "digit_scenes/canvas64"
+    data_dir: str = "runs/data"  # where TFDS datasets and vocabularies are prepared and cached
+    manual_dir: str | None = None  # local raw files for datasets that need them (Flickr8k)
+    max_length: int = 24  # caption tokens, EOS included; longer training captions are dropped
+    image_size: int | None = None  # side of the square input; None: the dataset's own
+    vocab_size: int = 10_000  # word vocabulary of a real dataset (the digit scenes' is fixed)
+    # Append two channels holding each pixel's row and column in [-1, 1] to the images
+    # (CoordConv, Liu et al. 2018), so the annotations know where they are (module docstring).
+    coordinates: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    # lambda of the doubly stochastic penalty, eq. (14); 0 trains on the likelihood alone.
+    # Added per caption to the caption's summed NLL, as in arctic-captions (alpha_c).
+    penalty_strength: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    examples: int = 500  # held-out images captioned per evaluation (the same ones each time)
+    beam_size: int = 3  # beam width of the reported captions
+    length_penalty: float = 0.0  # GNMT alpha (Wu et al. 2016, eq. 14); 0 = plain log p
+    plots: int = 4  # held-out images drawn with per-word attention
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    experiment: str  # "caption"
+    model_name: str  # "sat"
+    data: DataConfig
+    # vocab_size and image_channels come from the data: setup replaces them.
+    model: ShowAttendTellConfig
+    loss: LossConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+
+def presets(model: str) -> dict[str, Config]:
+    del model  # one model
+    # 64 x 64 scenes, three conv stages (stride 8) -> an 8 x 8 grid of 64-wide annotations.
+    # Measured on 2 shared CPU cores: about 3 steps/s, 11.5 minutes in all (data build and
+    # three evaluations included), of the 15 the main job allows.
+    tiny = Config(
+        experiment="caption",
+        model_name="sat",
+        # The longest digit-scene caption has 20 words: 21 tokens with EOS.
+        data=DataConfig(name="digit_scenes/canvas64", max_length=21),
+        model=ShowAttendTellConfig(
+            vocab_size=23,
+            embed_dim=64,
+            hidden_dim=128,
+            annotation_dim=64,
+            attention_dim=64,
+            image_channels=1,
+            conv_channels=(16, 32, 64),
+            dropout_rate=0.1,
+        ),
+        loss=LossConfig(penalty_strength=1.0),
+        train=TrainConfig(
+            steps=2000,
+            batch_size=48,
+            learning_rate=1e-2,
+            warmup_steps=100,
+            eval_every=1000,
+            checkpoint_every=250,
+            log_every=25,
+        ),
+        eval=EvalConfig(examples=500, beam_size=3),
+    )
+    # The paper's decoder sizes (ShowAttendTellConfig's defaults: m = 512, n = 1800,
+    # D = A = 512) over a VGG-like CNN on 96 x 96 scenes: three stages -> a 12 x 12 x 512 grid,
+    # near VGG conv5_4's 14 x 14 x 512 (sec. 4.3). Adam, minibatches of 64 (sec. 4.3).
+    paper = Config(
+        experiment="caption",
+        model_name="sat",
+        data=DataConfig(name="digit_scenes/canvas96", max_length=21),
+        model=ShowAttendTellConfig(image_channels=1, conv_channels=(64, 128, 256)),
+        loss=LossConfig(penalty_strength=1.0),
+        train=TrainConfig(
+            steps=50_000,
+            batch_size=64,
+            learning_rate=1e-3,
+            warmup_steps=500,
+            eval_every=2500,
+            checkpoint_every=1000,
+            log_every=50,
+        ),
+        eval=EvalConfig(examples=1000, beam_size=5),
+    )
+    smoke = dataclasses.replace(
+        tiny,
+        data=DataConfig(name="digit_scenes/smoke", max_length=21),
+        model=dataclasses.replace(
+            tiny.model,
+            embed_dim=8,
+            hidden_dim=12,
+            annotation_dim=8,
+            attention_dim=8,
+            conv_channels=(4, 4, 8),
+        ),
+        train=dataclasses.replace(
+            tiny.train, steps=4, batch_size=8, eval_every=4, checkpoint_every=2, log_every=1
+        ),
+        eval=EvalConfig(examples=12, beam_size=2, plots=1),
+    )
+    return {"tiny": tiny, "paper": paper, "smoke": smoke}
+
+
+def load_config(path: pathlib.Path) -> Config:
+    return config_lib.load(Config, path)
+
+
+def make_data(config: Config) -> captioning.CaptionData:
+    return captioning.make_caption_data(
+        config.data.name,
+        data_dir=pathlib.Path(config.data.data_dir),
+        manual_dir=config.data.manual_dir,
+        batch_size=config.train.batch_size,
+        seed=config.train.seed,
+        max_length=config.data.max_length,
+        image_size=config.data.image_size,
+        vocab_size=config.data.vocab_size,
+    )
+
+
+def make_model(config: Config, data: captioning.CaptionData) -> ShowAttendTell:
+    channels = data.channels + (2 if config.data.coordinates else 0)
+    model_config = dataclasses.replace(
+        config.model, vocab_size=data.vocab_size, image_channels=channels, pad_id=PAD_ID
+    )
+    stride = 2 ** len(model_config.conv_channels)
+    if data.image_size % stride:
+        raise ValueError(
+            f"data.image_size ({data.image_size}) must be a multiple of {stride}, the stride of "
+            f"model.conv_channels ({len(model_config.conv_channels)} pooling stages)"
+        )
+    return ShowAttendTell(model_config, rngs=nnx.Rngs(config.train.seed))
+
+
+def setup(config: Config, workdir: pathlib.Path) -> Setup:
+    del workdir
+    data = make_data(config)
+    model = make_model(config, data)
+    grid = model.grid_shape(data.image_size, data.image_size)
+    evaluation = _Evaluation(config, data, nnx.graphdef(model), grid)
+    return Setup(
+        model=model,
+        batches=data.train_iterator(),
+        loss_fn=functools.partial(
+            loss_fn,
+            penalty_strength=config.loss.penalty_strength,
+            coordinates=config.data.coordinates,
+        ),
+        evaluate=evaluation.evaluate,
+        visualize=evaluation.visualize,
+        count_tokens=lambda batch: int(np.sum(batch["caption"][:, 1:] != PAD_ID)),
+        best_metric="bleu4",
+        best_mode="max",
+    )
+
+
+def with_coordinates(images: jax.Array) -> jax.Array:
+    """Images ``[B, H, W, C]`` -> ``[B, H, W, C + 2]``, the last two channels each pixel's row
+    and column scaled to [-1, 1] (Liu et al. 2018, "An intriguing failing of convolutional
+    neural networks and the CoordConv solution")."""
+    B, H, W, _ = images.shape
+    rows = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, H)[:, None], (H, W))
+    cols = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, W)[None, :], (H, W))
+    grid = jnp.broadcast_to(jnp.stack([rows, cols], axis=-1), (B, H, W, 2))
+    return jnp.concatenate([images, grid.astype(images.dtype)], axis=-1)
+
+
+def loss_fn(
+    model: nnx.Module,
+    batch: Batch,
+    rng: jax.Array | None,
+    *,
+    penalty_strength: float,
+    coordinates: bool,
+) -> tuple[jax.Array, dict]:
+    """(NLL + lambda * doubly stochastic penalty) per caption token; dropout keyed by ``rng``.
+
+    Xu et al. 2015, eq. (14), summed per caption as in arctic-captions, then divided by the
+    batch's caption tokens so the learning rate means the same as for the other tasks.
+    """
+    caption = batch["caption"]  # [B, T+1]: BOS w_1 .. w_m EOS PAD ..
+    images = with_coordinates(batch["image"]) if coordinates else batch["image"]
+    logits, weights = model(images, caption[:, :-1], return_weights=True, rngs=rng)
+    labels = caption[:, 1:]
+    real = labels != PAD_ID
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    tokens = jnp.maximum(real.sum(), 1)
+    nll = (losses * real).sum() / tokens
+    # Empty (padding) rows have no real step, so all their cells would count as unattended.
+    penalty = doubly_stochastic_penalty(weights, real, strength=penalty_strength)
+    penalty = jnp.where(real.any(axis=1), penalty, 0.0).sum() / tokens
+    accuracy = ((logits.argmax(-1) == labels) & real).sum() / tokens
+    return nll + penalty, {"nll": nll, "penalty": penalty, "accuracy": accuracy}
+
+
+def digit_word_attention(
+    weights: np.ndarray,
+    word_boxes: np.ndarray,
+    boxes: np.ndarray,
+    grid: tuple[int, int],
+    image_size: tuple[int, int],
+) -> correctness_lib.AttentionCorrectness:
+    """Attention correctness of every word that names a box, one result per such word.
+
+    Args:
+      weights: ``[B, T, L]``, step t's attention (the step that emits token t), L = gh * gw.
+      word_boxes: int ``[B, T]``, the box token t names (``CaptionData.word_boxes``), or -1.
+      boxes: int ``[B, M, 4]``, ``(top, left, bottom, right)`` in pixels of each image.
+      grid: ``(gh, gw)`` of the annotation grid.
+      image_size: ``(H, W)`` of the images.
+    """
+    weights, word_boxes, boxes = np.asarray(weights), np.asarray(word_boxes), np.asarray(boxes)
+    if weights.shape[:2] != word_boxes.shape or weights.shape[2] != grid[0] * grid[1]:
+        raise ValueError(
+            f"weights must be [B, T, gh * gw] with [B, T] = {word_boxes.shape} (word_boxes) and "
+            f"(gh, gw) = {grid}, got shape {weights.shape}"
+        )
+    row, step = np.nonzero(word_boxes >= 0)
+    maps = weights[row, step].reshape(len(row), *grid)
+    return correctness_lib.attention_correctness(
+        maps, boxes[row, word_boxes[row, step]], image_size
+    )
+
+
+class _Evaluation:
+    """Held-out loss, BLEU of greedy and beam captions, attention correctness, overlays."""
+
+    def __init__(
+        self,
+        config: Config,
+        data: captioning.CaptionData,
+        graphdef: nnx.GraphDef,
+        grid: tuple[int, int],
+    ):
+        self.config = config
+        self.data = data
+        self.graphdef = graphdef
+        self.image_size = (data.image_size, data.image_size)
+        self.grid = grid
+        self.held_out: dict[str, tuple[list[Batch], list[tuple[str, ...]]]] = {}
+
+    def _inputs(self, images: np.ndarray) -> jax.Array:
+        return with_coordinates(jnp.asarray(images)) if self.config.data.coordinates else images
+
+    def score(
+        self, state: nnx.State, images: np.ndarray, caption: np.ndarray
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return _score(self.graphdef, state, self._inputs(images), caption)
+
+    def greedy(self, state: nnx.State, images: np.ndarray) -> jax.Array:
+        return _greedy(self.graphdef, state, self._inputs(images), max_length=self.data.max_length)
+
+    def beam(self, state: nnx.State, images: np.ndarray) -> jax.Array:
+        return _beam(
+            self.graphdef,
+            state,
+            self._inputs(images),
+            max_length=self.data.max_length,
+            beam_size=self.config.eval.beam_size,
+            length_penalty=self.config.eval.length_penalty,
+        )
+
+    def _split(self, split: str) -> tuple[list[Batch], list[tuple[str, ...]]]:
+        """The held-out batches of ``split`` and every reference of each image, read once."""
+        if split not in self.held_out:
+            limit = self.config.eval.examples
+            batches = self.data.eval_batches(limit, split=split)
+            examples = self.data.eval_examples(limit, split=split)
+            self.held_out[split] = (batches, [e.references for e in examples])
+        return self.held_out[split]
+
+    def _framed(self, tokens: np.ndarray) -> np.ndarray:
+        """Generated tokens ``[B, T]`` -> ``BOS tokens`` ``[B, T+1]``, for teacher forcing."""
+        return np.concatenate([np.full((len(tokens), 1), BOS_ID, np.int32), tokens], axis=1)
+
+    def evaluate(self, model: nnx.Module, split: str) -> dict[str, float]:
+        state = nnx.state(model)
+        batches, references = self._split(split)
+        total, count = 0.0, 0.0
+        greedy, beam = [], []
+        reference_hits, generated_hits = [], []
+        for batch in batches:
+            rows = int((batch["caption_length"] > 0).sum())  # the rest is padding
+            nll, tokens, weights = self.score(state, batch["image"], batch["caption"])
+            total, count = total + float(nll), count + float(tokens)
+            reference_hits.append(
+                self._attention(weights, batch["word_boxes"][:, 1:], batch["boxes"])
+            )
+            greedy += self.data.decode_captions(np.asarray(self.greedy(state, batch["image"])))[
+                :rows
+            ]
+            captions = np.asarray(self.beam(state, batch["image"]))
+            beam += self.data.decode_captions(captions)[:rows]
+            _, _, weights = self.score(state, batch["image"], self._framed(captions))
+            word_boxes = self.data.word_boxes(captions, batch["labels"])
+            generated_hits.append(self._attention(weights, word_boxes, batch["boxes"]))
+        # References in the word form of the hypotheses (lower case, punctuation split off).
+        references = [tuple(" ".join(split_words(r)) for r in refs) for refs in references]
+        metrics = {"loss": total / max(count, 1.0)}
+        metrics |= evaluate_lib.caption_bleu(beam, references)
+        metrics["bleu4_greedy"] = evaluate_lib.caption_bleu(greedy, references)["bleu4"]
+        generated = _concatenate(generated_hits)
+        metrics |= {f"attention_{k}": v for k, v in generated.rates().items()}
+        metrics["attention_words"] = float(generated.peak_in_box.size)
+        metrics["reference_peak_in_box"] = _concatenate(reference_hits).rates()["peak_in_box"]
+        return metrics
+
+    def _attention(
+        self, weights: jax.Array, word_boxes: np.ndarray, boxes: np.ndarray
+    ) -> correctness_lib.AttentionCorrectness:
+        return digit_word_attention(
+            np.asarray(weights), word_boxes, boxes, self.grid, self.image_size
+        )
+
+    def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
+        state = nnx.state(model)
+        batch = self.data.eval_batches(self.config.eval.plots, split="test")[0]
+        captions = np.asarray(self.beam(state, batch["image"]))
+        _, _, weights = self.score(state, batch["image"], self._framed(captions))
+        weights = np.asarray(weights).reshape(*captions.shape, *self.grid)
+        word_boxes = self.data.word_boxes(captions, batch["labels"])
+        paths = []
+        for i in range(min(self.config.eval.plots, int((batch["caption_length"] > 0).sum()))):
+            words = self.data.caption_pieces(captions[i])
+            named = word_boxes[i, : len(words)]
+            paths.append(
+                visualize_lib.image_overlay(
+                    batch["image"][i],
+                    words,
+                    weights[i, : len(words)],
+                    out_dir / f"attention_{i}.png",
+                    boxes=np.where(named[:, None] >= 0, batch["boxes"][i, named], -1),
+                    title=self.data.decode_captions(captions[i : i + 1])[0],
+                )
+            )
+        return paths
+
+
+def _concatenate(
+    results: list[correctness_lib.AttentionCorrectness],
+) -> correctness_lib.AttentionCorrectness:
+    return correctness_lib.AttentionCorrectness(
+        *(np.concatenate(parts) for parts in zip(*results, strict=True))
+    )
+
+
+# Jitted once per process for a given model structure and shape (the graphdef is static), so
+# a resumed run or a redraw in the same process reuses the compiled decoders.
+@functools.partial(jax.jit, static_argnums=0)
+def _score(
+    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, caption: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Teacher forcing on ``caption [B, T+1]``: summed NLL, token count, weights ``[B, T, L]``."""
+    logits, weights = nnx.merge(graphdef, state)(images, caption[:, :-1], return_weights=True)
+    labels = caption[:, 1:]
+    real = labels != PAD_ID
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return (losses * real).sum(), real.sum(), weights
+
+
+def _step_fn(model: ShowAttendTell) -> decoding.StepFn:
+    def step(tokens: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        logits, state, _ = model.step(tokens, state)
+        return logits, state
+
+    return step
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_length",))
+def _greedy(
+    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, max_length: int
+) -> jax.Array:
+    """Greedy captions ``[B, max_length]`` (tokens after BOS, PAD after EOS)."""
+    model = nnx.merge(graphdef, state)
+    return decoding.greedy_search(
+        _step_fn(model),
+        model.encode(images),
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=PAD_ID,
+        max_length=max_length,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnums=0, static_argnames=("max_length", "beam_size", "length_penalty")
+)
+def _beam(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    images: jax.Array,
+    *,
+    max_length: int,
+    beam_size: int,
+    length_penalty: float,
+) -> jax.Array:
+    """The best beam-search caption of each image, ``[B, max_length]``."""
+    model = nnx.merge(graphdef, state)
+    result = decoding.beam_search(
+        _step_fn(model),
+        model.encode(images),
+        beam_size=beam_size,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=PAD_ID,
+        max_length=max_length,
+        length_penalty=length_penalty,
+    )
+    return result.tokens[:, 0]
