@@ -22,7 +22,10 @@ class TrainConfig:
     """How every experiment trains; one set of fields for all of them."""
 
     steps: int = 2000  # optimizer steps in total (``--steps`` overrides)
-    batch_size: int = 64  # examples per step
+    # Examples per optimizer step over every device and every process: the global batch.
+    # Under jax.distributed each process reads batch_size / (process count) examples of its
+    # own, so it must divide evenly (and by the device count, to split over the mesh).
+    batch_size: int = 64
     learning_rate: float = 1e-3  # peak learning rate
     schedule: str = "cosine"  # "constant" | "cosine" | "rsqrt" (Vaswani et al. 2017, eq. 3)
     warmup_steps: int = 100  # linear warm-up from zero to the peak
@@ -35,6 +38,10 @@ class TrainConfig:
     keep_last: int = 2  # how many recent checkpoints to keep
     log_every: int = 25  # steps between metric records
     seed: int = 0  # one seed for init, data order and every random draw
+    devices: int = 1  # data parallel: split each batch over this many devices (0 = all)
+    # "replicate" (parameters and optimizer state whole on every device) or "shard" (each
+    # array split along its largest axis that `devices` divides, as in FSDP).
+    param_sharding: str = "replicate"
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Train, evaluate, checkpoint and visualize any experiment of the zoo.
 
     python -m experiments.run EXPERIMENT [--model NAME] [--preset NAME] [--steps N]
-                              [--workdir DIR] [--resume] [--set key=value ...]
+                              [--workdir DIR] [--resume] [--distributed] [--set key=value ...]
 
 A run lives in one work directory (default ``runs/EXPERIMENT-MODEL-PRESET``): its config
 (``config.json``), metrics (``metrics.jsonl``, ``tensorboard/``), checkpoints and plots.
@@ -90,6 +90,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workdir", type=pathlib.Path, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one process of a multi-host run: call jax.distributed.initialize() first (the "
+        "coordinator, process count and index come from the cluster environment, e.g. SLURM, "
+        "or from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); then train "
+        "with --set train.devices=0",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -102,6 +110,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.distributed:
+        jax.distributed.initialize()  # before anything touches a device
+    lead = jax.process_index() == 0  # the process that writes and prints
     try:
         task = load_experiment(args.experiment)
         workdir = args.workdir or pathlib.Path(
@@ -111,13 +122,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except ValueError as error:  # UsageError and bad --set values
         raise SystemExit(f"error: {error}") from None
     workdir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(config, workdir / "config.json")
-    print(f"{args.experiment}: {json.dumps(config_lib.to_dict(config), indent=1)}")
+    if lead:
+        config_lib.save(config, workdir / "config.json")
+        print(f"{args.experiment}: {json.dumps(config_lib.to_dict(config), indent=1)}")
     setup = task.setup(config, workdir)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(setup.model, nnx.Param)))
-    print(f"model: {type(setup.model).__name__}, {params:,} parameters; run directory {workdir}")
+    if lead:
+        name = type(setup.model).__name__
+        print(f"model: {name}, {params:,} parameters; run directory {workdir}")
     metrics = runner.train(setup, config.train, workdir, resume=args.resume)
-    print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if lead:
+        print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return metrics
 
 

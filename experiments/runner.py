@@ -2,7 +2,12 @@
 
 An experiment hands the runner a :class:`Setup` (model, data, loss, evaluation, pictures);
 the runner owns everything else: the optimizer, a pure jitted ``train_step`` with donated
-state, the step-derived RNG, progress, metrics, checkpoints, resume and Ctrl-C.
+state, data parallelism over a mesh of devices (``experiments.parallel``), the step-derived
+RNG, progress, metrics, checkpoints, resume and Ctrl-C.
+
+Under ``jax.distributed`` every process runs the same steps, evaluations (gathering the model
+is a collective) and checkpoints (orbax coordinates them); only process 0 writes metrics,
+prints progress and draws the pictures, into the run directory they share.
 """
 
 import contextlib
@@ -16,10 +21,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from experiments import parallel
 from experiments.checkpoints import Checkpoints
 from experiments.config import TrainConfig
 from experiments.metrics import MetricWriter
@@ -105,6 +115,13 @@ def _train_step(
     return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads), **metrics}
 
 
+def _all_processes(count: int) -> float:
+    """``count`` summed over every JAX process, each of which counted its own batches."""
+    if jax.process_count() == 1:
+        return count
+    return float(multihost_utils.process_allgather(np.float32(count)).sum())
+
+
 def train(
     setup: Setup, train_config: TrainConfig, workdir: pathlib.Path, *, resume: bool
 ) -> dict[str, float]:
@@ -113,16 +130,26 @@ def train(
     Returns the test metrics of the final model, and its last validation metrics prefixed
     ``validation_``.
     """
+    mesh = parallel.make_mesh(train_config.devices)
+    rule = train_config.param_sharding
     graphdef, params, rest = nnx.split(setup.model, nnx.Param, ...)
+    params = parallel.place(params, mesh, rule)
     optimizer = make_optimizer(train_config)
-    opt_state = optimizer.init(params)
+    opt_state = parallel.place(optimizer.init(params), mesh, rule)
     step_fn = jax.jit(
         functools.partial(
             _train_step, graphdef=graphdef, rest=rest, loss_fn=setup.loss_fn, optimizer=optimizer
         ),
         donate_argnums=(0, 1),
+        # The state stays where it was placed; the metrics come back whole on every device.
+        out_shardings=(
+            parallel.shardings(params),
+            parallel.shardings(opt_state),
+            NamedSharding(mesh, P()),
+        ),
     )
     key = jax.random.key(train_config.seed)
+    primary = jax.process_index() == 0  # the one process that writes and prints
     with contextlib.ExitStack() as cleanup:
         checkpoints = Checkpoints(
             workdir,
@@ -133,15 +160,27 @@ def train(
         cleanup.callback(checkpoints.close)
         step = 0
         if resume and checkpoints.latest_step() is not None:
+            # Orbax restores each array onto the sharding of the one it is given.
             step, params, opt_state = checkpoints.restore(params, opt_state, setup.batches)
-            print(f"resumed from step {step} in {workdir}")
-        writer = MetricWriter(workdir)
+            if primary:
+                print(f"resumed from step {step} in {workdir}")
+        writer = MetricWriter(workdir, active=primary)
         cleanup.callback(writer.close)
-        progress = tqdm(total=train_config.steps, initial=step, unit="step", dynamic_ncols=True)
+        progress = tqdm(
+            total=train_config.steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not primary,
+        )
         cleanup.callback(progress.close)
 
+        def say(text: str) -> None:
+            if primary:  # tqdm.write prints even from a disabled bar
+                progress.write(text)
+
         def model() -> nnx.Module:
-            return nnx.merge(graphdef, params, rest)
+            return nnx.merge(graphdef, parallel.gather(params), rest)
 
         eval_metrics: dict[str, float] = {}
         tokens, tick = 0, time.perf_counter()
@@ -150,7 +189,10 @@ def train(
                 batch = next(setup.batches)
                 # Every random draw derives from (seed, step): a resumed run draws the same.
                 params, opt_state, metrics = step_fn(
-                    params, opt_state, batch, jax.random.fold_in(key, step)
+                    params,
+                    opt_state,
+                    parallel.place_batch(batch, mesh),
+                    jax.random.fold_in(key, step),
                 )
                 step += 1
                 tokens += setup.count_tokens(batch)
@@ -162,7 +204,8 @@ def train(
                             f"training loss became {values['loss']} at step {step}; "
                             "lower train.learning_rate or check the data"
                         )
-                    values["tokens_per_second"] = tokens / (time.perf_counter() - tick)
+                    elapsed = time.perf_counter() - tick
+                    values["tokens_per_second"] = _all_processes(tokens) / elapsed
                     tokens, tick = 0, time.perf_counter()
                     writer.write(step, "train", values)
                     progress.set_postfix(
@@ -172,9 +215,7 @@ def train(
                 if step % train_config.eval_every == 0 or step == train_config.steps:
                     eval_metrics = evaluated = setup.evaluate(model(), "validation")
                     writer.write(step, "eval", evaluated)
-                    progress.write(
-                        f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items())
-                    )
+                    say(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items()))
                     tick = time.perf_counter()  # evaluation time is not training speed
                 if (
                     step % train_config.checkpoint_every == 0
@@ -184,10 +225,12 @@ def train(
                     checkpoints.save(step, params, opt_state, setup.batches, evaluated)
         except KeyboardInterrupt:
             checkpoints.save(step, params, opt_state, setup.batches)
-            progress.write(f"\ninterrupted: saved step {step} in {workdir}; continue with --resume")
+            say(f"\ninterrupted: saved step {step} in {workdir}; continue with --resume")
             raise SystemExit(130) from None
         test_metrics = setup.evaluate(model(), "test")
         writer.write(step, "test", test_metrics)
-    for path in setup.visualize(model(), workdir / "plots"):
-        print(f"plot: {path}")
+    final = model()  # on every process: gathering the parameters is a collective
+    if primary:
+        for path in setup.visualize(final, workdir / "plots"):
+            print(f"plot: {path}")
     return {**{f"validation_{k}": v for k, v in eval_metrics.items()}, **test_metrics}

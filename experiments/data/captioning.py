@@ -270,7 +270,7 @@ class CaptionData:
     name: str
     vocabulary: WordVocabulary
     max_length: int  # most caption tokens, EOS included (BOS not counted)
-    batch_size: int
+    batch_size: int  # images per step over all processes; evaluation batches hold as many
     image_size: int  # H = W: images are square
     channels: int  # C
     max_boxes: int  # M
@@ -401,16 +401,20 @@ def train_dataset(
     seed: int,
     num_epochs: int | None = None,
     read_threads: int = 2,
+    shard: grain.sharding.ShardOptions = pipeline.ONE_PROCESS,
 ) -> grain.IterDataset:
     """Shuffled (new order each epoch), featurized, full batches of ``source``.
 
     Images share one shape and captions are padded to one length, so unlike translation's
-    stream there is nothing to group by length: a single compiled shape.
+    stream there is nothing to group by length: a single compiled shape. As in
+    ``pipeline.train_dataset``, ``batch_size`` is the global batch: this process (``shard``)
+    reads its own records in batches of ``batch_size // shard.shard_count``.
     """
+    batch_size = pipeline.shard_batch_size(batch_size, shard)
     if len(source) == 0:
         raise ValueError("source: expected at least one record, got an empty source")
     return (
-        grain.MapDataset.source(source)
+        pipeline.shard_records(grain.MapDataset.source(source), shard)
         .seed(seed)
         .shuffle()
         .repeat(num_epochs)
@@ -487,7 +491,8 @@ def make_caption_data(
       name: one of ``CAPTION_DATASETS``.
       data_dir: TFDS data directory where the dataset is (or will be) prepared; None means
         TFDS's default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
-      batch_size: images per batch.
+      batch_size: images per step over all JAX processes: each process's training batches
+        hold ``batch_size // jax.process_count()`` of its own part of the split.
       seed: seeds shuffling and the choice of caption per image.
       max_length: most caption tokens, EOS included (BOS not counted); the digit scenes'
         longest caption has 20 words.
@@ -514,6 +519,9 @@ def make_caption_data(
         image_size=image_size,
         vocab_size=vocab_size,
     )
+    # Each JAX process (host) trains on its own records; checked before anything is prepared.
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    pipeline.shard_batch_size(batch_size, shard)
     source = CAPTION_DATASETS[name]
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
     # Records keep the encoded image: decoding happens in the reading threads, and reading
@@ -542,6 +550,7 @@ def make_caption_data(
         seed=seed,
         num_epochs=num_epochs,
         read_threads=read_threads,
+        shard=shard,
     )
     return CaptionData(
         name=name,

@@ -176,7 +176,7 @@ class LanguageModelData:
     name: str
     tokenizer: TextTokenizer
     context_length: int  # tokens a model reads per row; windows hold one more
-    batch_size: int
+    batch_size: int  # windows per step over all processes; evaluation batches hold as many
     train: grain.IterDataset  # each iter(train) starts at the beginning of the stream
     streams: Mapping[str, np.ndarray]  # token ids of "train" and of every held-out split
 
@@ -303,7 +303,9 @@ def make_lm_data(
       data_dir: TFDS data directory where the dataset is (or will be) prepared; None means
         TFDS's default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       context_length: tokens a model reads per row (nanoGPT's ``block_size``).
-      batch_size: windows per batch, in training and evaluation.
+      batch_size: windows per batch in evaluation, and per step over all JAX processes in
+        training: each process's training batches hold ``batch_size // jax.process_count()``
+        windows at offsets of its own.
       seed: seeds the order of training windows.
       tokenizer: "char" (one id per character) or "bpe" (SentencePiece, EOS per line break).
       vocab_size: ids wanted, the 4 specials included. "char": None keeps every character of
@@ -331,6 +333,9 @@ def make_lm_data(
         vocab_size=vocab_size,
         max_train_records=max_train_records,
     )
+    # Each JAX process (host) trains on its own records; checked before anything is prepared.
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    pipeline.shard_batch_size(batch_size, shard)
     dataset = LM_DATASETS[name]
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
     records = {
@@ -357,6 +362,7 @@ def make_lm_data(
         batch_size=batch_size,
         seed=seed,
         num_epochs=num_epochs,
+        shard=shard,
     )
     return LanguageModelData(
         name=name,

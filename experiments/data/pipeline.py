@@ -12,6 +12,11 @@ Training order (all deterministic for a seed)::
 
 Every stage is a grain dataset whose iterator state is a small dict of ints, so
 ``iterator.get_state()`` / ``set_state()`` resume a run exactly where it stopped.
+
+With several JAX processes (hosts), ``batch_size`` is the global batch of one step: each
+process keeps its own records (``shard_records``, before the shuffle) and makes batches of
+its share of the global batch (``shard_batch_size``); ``experiments.parallel`` joins them in
+process order. A single process reads every record, in the order it always did.
 """
 
 import functools
@@ -25,6 +30,9 @@ from tqdm import tqdm
 from experiments.data.batching import collate, length_sorted_groups, sequence_length
 
 Example = Mapping[str, Any]
+
+# The default shard: the whole data set, read by a single process.
+ONE_PROCESS = grain.sharding.NoSharding()
 
 
 class _Ungroup(grain.experimental.FlatMapTransform):
@@ -55,6 +63,40 @@ def read_records(
     return records
 
 
+def shard_records(
+    records: grain.MapDataset, shard: grain.sharding.ShardOptions
+) -> grain.MapDataset:
+    """This process's records: every ``shard_count``-th one from ``shard_index`` on.
+
+    Shard before shuffling: the processes' streams are then disjoint in every epoch, and each
+    resumes exactly from its own iterator state. With ``drop_remainder`` every shard holds
+    ``len(records) // shard_count`` records (the last few records are never read), so every
+    process's epoch is as long and a finite run ends on the same step on all of them.
+    """
+    if shard.shard_count == 1:
+        return records
+    stop = len(records) - len(records) % shard.shard_count if shard.drop_remainder else None
+    mine = records[shard.shard_index : stop : shard.shard_count]
+    if len(mine) == 0:
+        raise ValueError(
+            f"shard: expected at least one record for shard {shard.shard_index} of "
+            f"{shard.shard_count}, got none of the {len(records)} records"
+        )
+    return mine
+
+
+def shard_batch_size(batch_size: int, shard: grain.sharding.ShardOptions) -> int:
+    """Examples per batch of one shard when a step's global batch holds ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
+    if batch_size % shard.shard_count:
+        raise ValueError(
+            f"batch_size: expected a multiple of the {shard.shard_count} processes, each of "
+            f"which reads an equal part of the global batch, got {batch_size}"
+        )
+    return batch_size // shard.shard_count
+
+
 def _fits(example: Example, *, sequences: Mapping[str, int], max_length: int) -> bool:
     return sequence_length(example, sequences) <= max_length
 
@@ -75,8 +117,9 @@ def train_dataset(
     sort_window: int = 16,
     num_epochs: int | None = None,
     read_threads: int = 2,
+    shard: grain.sharding.ShardOptions = ONE_PROCESS,
 ) -> grain.IterDataset:
-    """Shuffled, length-grouped, padded training batches of ``source``.
+    """Shuffled, length-grouped, padded training batches of ``source`` (this process's part).
 
     Args:
       source: random-access records (``len`` and ``[i]``): a list in memory, a
@@ -84,16 +127,18 @@ def train_dataset(
       featurize: raw record -> dict with a 1-D int sequence under each key of ``sequences``.
       sequences: keys to pad -> their extra tokens (``batching.collate``).
       max_length: examples needing a longer bucket (``batching.sequence_length``) are dropped.
-      batch_size: examples per batch; every batch is full.
+      batch_size: examples per step over all processes; this process's batches hold
+        ``batch_size // shard.shard_count`` of its own records, and every batch is full.
       buckets: allowed padded lengths, ascending, the largest at least ``max_length``.
       seed: seeds the shuffle and the order of length groups.
       sort_window: batches per length-sorting window; 1 turns grouping by length off.
       num_epochs: passes over ``source``; None repeats forever.
       read_threads: threads reading and featurizing ahead (grain's default of 16 oversubscribes
         a small machine).
+      shard: which process this is, of how many (``grain.sharding.ShardByJaxProcess``); see
+        ``shard_records``.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
+    batch_size = shard_batch_size(batch_size, shard)
     if sort_window < 1:
         raise ValueError(f"sort_window: expected a positive int, got {sort_window}")
     if max(buckets) < max_length:
@@ -103,6 +148,7 @@ def train_dataset(
     if len(source) == 0:
         raise ValueError("source: expected at least one record, got an empty source")
     records = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
+    records = shard_records(records, shard)
     dataset = (
         records.seed(seed)
         .shuffle()

@@ -129,7 +129,7 @@ class TranslationData:
     source_tokenizer: Tokenizer
     target_tokenizer: Tokenizer  # the same object as source_tokenizer when shared_vocab
     max_length: int
-    batch_size: int
+    batch_size: int  # examples per step over all processes; evaluation batches hold as many
     buckets: tuple[int, ...]
     train: grain.IterDataset  # each iter(train) starts at the beginning of the stream
     splits: Mapping[str, Sequence[Any]]  # raw random-access records of the held-out splits
@@ -324,7 +324,8 @@ def make_translation_data(
         limit: read ``data.source_tokenizer.vocab_size`` for the real size).
       target_vocab_size: the same for the target model.
       max_length: most tokens per side, EOS included (the target's BOS not counted).
-      batch_size: examples per batch.
+      batch_size: examples per step over all JAX processes: each process's training batches
+        hold ``batch_size // jax.process_count()`` of its own part of the split.
       seed: seeds shuffling and batch grouping.
       shared_vocab: one tokenizer for both languages (for tied embeddings, as in the
         Transformer) instead of one per language; needs equal vocabulary sizes.
@@ -353,6 +354,9 @@ def make_translation_data(
         shared_vocab=shared_vocab,
         buckets=buckets,
     )
+    # Each JAX process (host) trains on its own records; checked before anything is prepared.
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    pipeline.shard_batch_size(batch_size, shard)
     source_lang, target_lang = TRANSLATION_DATASETS[name]
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
     splits = {
@@ -383,6 +387,7 @@ def make_translation_data(
         seed=seed,
         sort_window=sort_window,
         num_epochs=num_epochs,
+        shard=shard,
     )
     return TranslationData(
         name=name,

@@ -25,6 +25,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from experiments.data import pipeline
 from experiments.data.batching import collate
 
 # Batch key -> extra tokens beyond the context length (see `batching.collate`).
@@ -87,6 +88,7 @@ def train_windows(
     seed: int,
     num_epochs: int | None = None,
     read_threads: int = 2,
+    shard: grain.sharding.ShardOptions = pipeline.ONE_PROCESS,
 ) -> grain.IterDataset:
     """Batches of random windows: ``tokens`` int32 ``[B, context_length + 1]``, and
     ``tokens_length`` ``[B]`` (always ``context_length + 1``, as in evaluation batches).
@@ -94,20 +96,22 @@ def train_windows(
     Args:
       stream: the training split's token ids.
       context_length: tokens a model reads per row; windows hold one more, the last target.
-      batch_size: windows per batch; every batch is full.
+      batch_size: windows per step over all processes; this process's batches hold
+        ``batch_size // shard.shard_count``, and every batch is full.
       seed: seeds the order of offsets, which changes every epoch.
       num_epochs: passes over every offset; None repeats forever. An epoch is
         ``len(stream) - context_length`` windows, each token seen ``context_length + 1`` times.
       read_threads: threads cutting windows ahead (grain's default of 16 oversubscribes a
         small machine).
+      shard: which process this is, of how many: each process draws its own offsets
+        (``pipeline.shard_records``).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
+    batch_size = pipeline.shard_batch_size(batch_size, shard)
     if context_length < 1:
         raise ValueError(f"context_length: expected a positive int, got {context_length}")
     check_stream(stream, context_length=context_length, what="training split")
     # Offsets 0 .. len - context_length - 1: the last window ends with the stream's last token.
-    offsets = grain.MapDataset.range(len(stream) - context_length)
+    offsets = pipeline.shard_records(grain.MapDataset.range(len(stream) - context_length), shard)
     dataset = (
         offsets.seed(seed)
         .shuffle()
