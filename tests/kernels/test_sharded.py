@@ -178,6 +178,22 @@ def test_head_batch_parallel_weights_other_kernels_and_dropout():
 
 
 # --------------------------------------------------------------------------------------------
+# A model on the ring: TransformerLM with ring_attention as its kernel, on 4 devices.
+
+
+def test_transformer_lm_on_the_ring_matches_the_reference_kernel():
+    got = _run("ring_transformer_lm", devices=4)
+    # The same parameters, the same numbers to float32 rounding (logits ~4, gradients ~20).
+    assert got["logits_vs_reference"] < 1e-5
+    assert got["grads_vs_reference"] < 5e-5
+    assert got["logits_scale"] > 0.1 and got["grad_scale"] > 0.1  # not trivially zero
+    assert got["grad_leaves"] == got["param_leaves"] > 0  # every parameter compared
+    # What the ring cannot do reaches the model's caller as the kernel's own error.
+    assert got["refusals"]["return_weights"].startswith("ring_attention cannot return_weights")
+    assert "dropout_rate=0.1 with deterministic=False" in got["refusals"]["dropout"]
+
+
+# --------------------------------------------------------------------------------------------
 # Two processes, two CPU devices each, one ring across both (jax.distributed, gloo).
 
 
@@ -310,6 +326,42 @@ def test_ring_bad_input_names_the_argument(bad, message):
     kwargs = {"mesh": MESH, "axis_name": "seq", **bad}
     with pytest.raises(ValueError, match=message):
         ring_attention(q, kv, kv, **kwargs)
+
+
+# The arguments of the dot_product_attention call that the ring refuses: each error names
+# it, says what it would cost, and what to use instead.
+RING_REFUSALS = [
+    (dict(bias=np.zeros((T, T), np.float32)), r"takes no bias: .* T x S .* blockwise_attention"),
+    (
+        dict(mask=np.ones((B, 1, T, T), bool)),
+        r"takes no mask: .* T x S .* is_causal, local_window_size, query_seq_lengths",
+    ),
+    (
+        dict(dropout_rate=0.1, deterministic=False),
+        r"no attention dropout, got dropout_rate=0.1 with deterministic=False: .* T x S",
+    ),
+    (
+        dict(return_weights=True),
+        r"cannot return_weights: .* T x S .* dot_product_attention \(the reference kernel\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("bad,message", RING_REFUSALS, ids=["bias", "mask", "dropout", "weights"])
+def test_ring_refuses_what_needs_t_by_s_memory(bad, message):
+    q = np.zeros((B, T, N, H), np.float32)
+    kv = np.zeros((B, T, K, H), np.float32)
+    with pytest.raises(ValueError, match=message):
+        ring_attention(q, kv, kv, mesh=MESH, axis_name="seq", **bad)
+
+
+def test_ring_refuses_bias_and_mask_given_positionally():
+    q = np.zeros((B, T, N, H), np.float32)
+    kv = np.zeros((B, T, K, H), np.float32)
+    with pytest.raises(ValueError, match="takes no bias"):
+        ring_attention(q, kv, kv, np.zeros((T, T), np.float32), mesh=MESH, axis_name="seq")
+    with pytest.raises(ValueError, match="takes no mask"):
+        ring_attention(q, kv, kv, None, np.ones((T, T), bool), mesh=MESH, axis_name="seq")
 
 
 SHARDED_ERRORS = [

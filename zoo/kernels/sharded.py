@@ -56,7 +56,7 @@ from jax.sharding import PartitionSpec as P
 from zoo.kernels import masks as masks_lib
 from zoo.kernels.dot_product import _check_and_batch, dot_product_attention
 from zoo.kernels.softmax import MASK_VALUE
-from zoo.shapes import Array
+from zoo.shapes import Array, PRNGKey
 
 __all__ = ["ring_attention", "ring_permutation", "sharded_attention"]
 
@@ -237,6 +237,8 @@ def ring_attention(
     query: Array,
     key: Array,
     value: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
     *,
     mesh: Mesh | AbstractMesh,
     axis_name: str,
@@ -252,6 +254,10 @@ def ring_attention(
     layout: Layout = "contiguous",
     permute: bool = True,
     precision: Any = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: PRNGKey | None = None,
+    deterministic: bool = True,
+    return_weights: bool = False,
 ) -> Array:
     """Sequence-parallel attention around a ring of devices (Liu et al. 2023, arXiv:2310.01889).
 
@@ -277,9 +283,18 @@ def ring_attention(
     value blocks travel again, now with their gradient accumulators, and after ``P`` hops
     each accumulator is back home. Memory stays at a few blocks per device.
 
+    It also takes the ``dot_product_attention`` arguments that ``zoo.nn.MultiHeadAttention``
+    passes its kernel (``bias``, ``mask``, dropout, ``return_weights``), so with its placement
+    bound it is a model's kernel as it stands: ``TransformerLM(config,
+    kernel=functools.partial(ring_attention, mesh=mesh, axis_name="seq"), rngs=...)``. Of
+    those it accepts the trivial values only (None, dropout off, False); any other would
+    need ``T x S`` memory and raises a ``ValueError`` naming the argument.
+
     Args:
       query, key, value: float, one dtype. ``T`` and ``S`` must be multiples of ``P`` (of
         ``2P`` for ``layout="zigzag"``).
+      bias, mask: must be None: either is ``[B, N, T, S]``-sized, the ``T x S`` memory the
+        ring exists to avoid. Mask with the positional options below instead.
       mesh: the devices; ``axis_name`` must be one of its axes.
       axis_name: mesh axis the sequence is split over; the ring runs along it.
       batch_axis, head_axis: optional further mesh axes to split ``B`` and the heads over.
@@ -294,11 +309,16 @@ def ring_attention(
         ``layout`` here; if False, query, key, value and segment ids are already in layout
         order (``x[:, ring_permutation(T, P, layout)]``) and the output is returned in it.
       precision: einsum precision (e.g. ``"highest"`` for exact float32 on TPU).
+      dropout_rate, dropout_rng, deterministic: there is no attention dropout, so dropout
+        must be off: ``dropout_rate=0`` or ``deterministic=True`` (the default here, unlike
+        ``dot_product_attention``'s); ``dropout_rng`` is then ignored.
+      return_weights: must be False: the ``[B, N, T, S]`` weights are never formed.
 
     Returns:
       ``[B, T, N, H]`` in the input dtype. A query with no key to attend gets zeros (and
       zero gradients), as in ``dot_product_attention``.
     """
+    _refuse_dense(bias, mask, dropout_rate, deterministic, return_weights)
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
     unbatched = query.ndim == 3
     args = _check_and_batch(
@@ -383,6 +403,47 @@ def ring_attention(
     if reorder:
         out = _arrange(lambda o: jnp.take(o, np.argsort(q_perm), axis=1), mesh, qkv, out)
     return out[0] if unbatched else out
+
+
+def _refuse_dense(
+    bias: Array | None,
+    mask: Array | None,
+    dropout_rate: float,
+    deterministic: bool,
+    return_weights: bool,
+) -> None:
+    """The arguments of the ``dot_product_attention`` call that ring attention cannot honour.
+
+    Each needs a ``T x S`` array (per head and example, for most), while the point of the
+    ring is that no device holds more than a ``T/P x S/P`` block of scores.
+    """
+    if bias is not None:
+        raise ValueError(
+            "ring_attention takes no bias: a bias broadcast to [B, N, T, S] is the T x S "
+            "memory the ring avoids. Use dot_product_attention or blockwise_attention for a "
+            "bias (sharded_attention splits either over batch and heads)"
+        )
+    if mask is not None:
+        raise ValueError(
+            "ring_attention takes no mask: a dense mask broadcast to [B, N, T, S] is the "
+            "T x S memory the ring avoids. Say it with what the ring computes block by block "
+            "from positions: is_causal, local_window_size, query_seq_lengths / "
+            "key_value_seq_lengths (padding), query_segment_ids / key_value_segment_ids"
+        )
+    if dropout_rate > 0.0 and not deterministic:
+        raise ValueError(
+            f"ring_attention has no attention dropout, got dropout_rate={dropout_rate} with "
+            "deterministic=False: dot_product_attention's dropout draws a T x S keep "
+            "pattern, the memory the ring avoids. Turn it off (dropout_rate=0.0 or "
+            "deterministic=True; in a model, attention_dropout_rate=0.0) or use "
+            "blockwise_attention, which draws its pattern block by block"
+        )
+    if return_weights:
+        raise ValueError(
+            "ring_attention cannot return_weights: the [B, N, T, S] weights are the T x S "
+            "memory the ring never forms. Run the same inputs or parameters on "
+            "dot_product_attention (the reference kernel) with return_weights=True"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
