@@ -23,7 +23,7 @@ from experiments.config import TrainConfig
 from experiments.data import language_model
 from experiments.data.translation import PAD_ID
 from experiments.runner import Batch, Setup
-from zoo.models.transformer import TransformerConfig, TransformerLM
+from zoo.models.transformer import TransformerConfig, TransformerLM, weights_graphdef
 
 MODELS = ("transformer",)
 
@@ -155,7 +155,7 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
     del workdir
     data = make_data(config)
     model = make_model(config, data)
-    evaluation = _Evaluation(config, data, nnx.graphdef(model))
+    evaluation = _Evaluation(config, data, nnx.graphdef(model), weights_graphdef(model))
     return Setup(
         model=model,
         batches=data.train_iterator(),
@@ -184,10 +184,13 @@ def loss_fn(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array,
 
 
 class _Evaluation:
-    def __init__(self, config: Config, data: Any, graphdef: nnx.GraphDef):
+    def __init__(
+        self, config: Config, data: Any, graphdef: nnx.GraphDef, weights_graph: nnx.GraphDef
+    ):
         self.config = config
         self.data = data
         self.graphdef = graphdef
+        self.weights_graph = weights_graph  # on the reference kernel, which returns weights
         self.score = jax.jit(self._score)
 
     def _score(self, state: nnx.State, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -208,7 +211,7 @@ class _Evaluation:
         length = min(self.config.eval.plot_length, self.config.data.context_length)
         stream = self.data.stream(self.data.eval_splits[0])
         tokens = np.asarray(stream[:length], np.int32)[None]
-        _, weights = _forward_with_weights(self.graphdef, nnx.state(model), tokens)
+        _, weights = _forward_with_weights(self.weights_graph, nnx.state(model), tokens)
         pieces = self.data.pieces(tokens[0])
         stacked = np.stack([np.asarray(w[0]) for w in weights["decoder_self"]])  # [L, N, T, T]
         path = visualize_lib.head_grid(

@@ -28,7 +28,7 @@ from experiments.data import translation
 from experiments.runner import Batch, Setup
 from zoo import decoding
 from zoo.models.rnnsearch import RNNSearch, RNNSearchConfig
-from zoo.models.transformer import BASE, BIG, Transformer, TransformerConfig
+from zoo.models.transformer import BASE, BIG, Transformer, TransformerConfig, weights_graphdef
 
 MODELS = ("rnnsearch", "rnnencdec", "transformer")
 
@@ -227,7 +227,9 @@ def setup(config: Config | TransformerTranslateConfig, workdir: pathlib.Path) ->
     else:
         model = RNNSearch(dataclasses.replace(config.model, pad_id=translation.PAD_ID), rngs=rngs)
     graphdef = nnx.graphdef(model)
-    evaluation = _Evaluation(config.eval, data, graphdef, config.data.max_length)
+    # Pictures need the weights, which only the reference kernel returns.
+    weights_graph = weights_graphdef(model) if isinstance(model, Transformer) else graphdef
+    evaluation = _Evaluation(config.eval, data, graphdef, weights_graph, config.data.max_length)
     return Setup(
         model=model,
         batches=data.train_iterator(),
@@ -266,10 +268,18 @@ def loss_fn(
 class _Evaluation:
     """Held-out loss, beam-search BLEU and alignment pictures, jitted once per run."""
 
-    def __init__(self, config: EvalConfig, data: Any, graphdef: nnx.GraphDef, max_length: int):
+    def __init__(
+        self,
+        config: EvalConfig,
+        data: Any,
+        graphdef: nnx.GraphDef,
+        weights_graph: nnx.GraphDef,
+        max_length: int,
+    ):
         self.config = config
         self.data = data
         self.graphdef = graphdef
+        self.weights_graph = weights_graph  # the same model on a kernel that returns weights
         self.max_length = max_length
         self.eval_loss = jax.jit(self._eval_loss)
         self.translate = jax.jit(self._translate)
@@ -345,7 +355,7 @@ class _Evaluation:
         for i, (source, hypothesis) in enumerate(zip(sources, hypotheses, strict=True)):
             source_ids = self.data.encode_sources([source], self.max_length)
             target_ids = self.data.encode_targets([hypothesis], self.max_length + 1)
-            _, weights = _alignment(self.graphdef, state, source_ids, target_ids)
+            _, weights = _alignment(self.weights_graph, state, source_ids, target_ids)
             source_pieces = self.data.source_pieces(source_ids[0])
             target_pieces = self.data.target_pieces(target_ids[0, 1:])
             T, S = len(target_pieces), len(source_pieces)

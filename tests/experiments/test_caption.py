@@ -160,6 +160,11 @@ def test_digit_word_attention_on_hand_made_maps():
     np.testing.assert_allclose(result.chance, [32 / 240, 64 / 240, 16 / 240])
     np.testing.assert_allclose(result.chance_cells, [2 / 15, 4 / 15, 1 / 15])
     assert result.rates()["peak_in_box"] == pytest.approx(2 / 3)
+    # Graded one step earlier (the article before each digit word), all three hit.
+    for (row, step), (i, j) in {(0, 0): (0, 1), (0, 2): (2, 4), (1, 1): (2, 0)}.items():
+        weights[row, step, i * 5 + j] = 1.0
+    early = caption.digit_word_attention(weights, word_boxes, boxes, grid, image_size, lag=1)
+    np.testing.assert_array_equal(early.peak_in_box, [True, True, True])
     empty = caption.digit_word_attention(weights, np.full((2, 5), -1), boxes, grid, image_size)
     assert empty.peak_in_box.shape == (0,) and math.isnan(empty.rates()["peak_in_box"])
     with pytest.raises(ValueError, match=r"weights must be \[B, T, gh \* gw\]"):

@@ -20,6 +20,7 @@ from zoo.models.transformer import (
     TransformerConfig,
     TransformerLM,
     count_parameters,
+    weights_graphdef,
 )
 from zoo.nn import MultiHeadAttention
 
@@ -295,6 +296,14 @@ def test_blockwise_kernel_gives_the_same_logits(seq2seq, seq2seq_outputs, data):
     )
     with pytest.raises(ValueError, match="cannot return_weights"):
         jax.eval_shape(lambda: swapped(source, target, return_weights=True))
+    # The pictures of a blockwise run: the same state on the reference kernel's graph.
+    logits_again, weights = nnx.merge(weights_graphdef(swapped), nnx.state(swapped))(
+        source, target, return_weights=True
+    )
+    np.testing.assert_allclose(logits_again, logits, atol=1e-5)
+    for name, expected in seq2seq_outputs[1].items():
+        for got, want in zip(weights[name], expected, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_the_kernel_argument_is_what_runs(data):

@@ -55,6 +55,7 @@ __all__ = [
     "TransformerConfig",
     "TransformerLM",
     "count_parameters",
+    "weights_graphdef",
 ]
 
 # GPT-2's GELU is the tanh approximation, jax.nn.gelu's default.
@@ -157,6 +158,18 @@ GPT2_SMALL = TransformerConfig(
 def count_parameters(model: nnx.Module) -> int:
     """Trainable parameters; works on an abstract model from ``nnx.eval_shape`` too."""
     return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def weights_graphdef(model: "Transformer | TransformerLM") -> nnx.GraphDef:
+    """The graph of ``model`` with every attention on the reference kernel.
+
+    Merged with the state of ``model`` (``nnx.merge(graphdef, nnx.state(model))``), it gives
+    the same outputs and can also return the attention weights, which a blockwise or custom
+    kernel cannot; the pictures of a run use it. Built abstractly: nothing is initialized.
+    """
+    reference = dataclasses.replace(model.config, kernel="reference")
+    abstract = nnx.eval_shape(lambda: type(model)(reference, rngs=nnx.Rngs(0)))
+    return nnx.graphdef(abstract)
 
 
 class DecodeState(NamedTuple):
