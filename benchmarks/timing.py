@@ -5,12 +5,18 @@ Every sample also records how much CPU *other* processes used while it ran (from
 the samples taken while it had the cores to itself and say how contended the rest were.
 Competing implementations are timed interleaved (A B C A B C ...), never one after another,
 so a burst of outside load hits all of them alike and their ratio stays meaningful.
+Also shared by every benchmark: :func:`spawn` (one case in a fresh worker process) and
+:func:`machine_info` (what the numbers depend on).
 """
 
 import contextlib
 import ctypes
+import json
 import os
+import platform
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +42,13 @@ def _own_ticks() -> int:
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * _PAGE
+
+
+def release_free_heap() -> None:
+    """Hand freed heap back to the OS (glibc ``malloc_trim``), so resident memory is in use."""
+    # Not glibc: resident memory may then include free heap that a later run reuses.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass
@@ -107,9 +120,7 @@ def peak_rss_during(run: Callable[[], Any], interval_s: float = 0.0005) -> int:
     run reuses from earlier allocations (compilation, warm-up) still counts; a thread polls
     ``/proc/self/statm`` while the run executes.
     """
-    # Not glibc: the baseline may then include free heap the run reuses.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_free_heap()
     baseline = rss_bytes()
     peak = baseline
     stop = threading.Event()
@@ -128,3 +139,58 @@ def peak_rss_during(run: Callable[[], Any], interval_s: float = 0.0005) -> int:
         stop.set()
         thread.join()
     return max(peak, rss_bytes()) - baseline
+
+
+def spawn(module: str, args: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``python -m module *args`` in a fresh process; its last JSON line of stdout.
+
+    A worker that fails, is killed (out of memory) or times out gives ``{"error": ...}``
+    instead, so one bad case never stops a sweep.
+    """
+    command = [sys.executable, "-m", module, *args]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        killed = proc.returncode in (-9, 137)
+        return {"error": "killed (out of memory?)" if killed else " | ".join(tail)[-400:]}
+    return json.loads(lines[-1])
+
+
+def machine_info() -> dict[str, Any]:
+    """What a result depends on: platform, CPU, cores, library versions, XLA flags; and the
+    date it was measured."""
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cores": os.cpu_count(),
+        "versions": _versions(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "torch", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

@@ -1,0 +1,261 @@
+"""The zoo's training steps as the runner runs them, on synthetic batches of the presets' shapes.
+
+Each model comes from its experiment's preset (``experiments/tasks``), its loss is the task's
+own ``loss_fn``, and the step is the runner's: ``experiments.runner._train_step`` with
+``make_optimizer``'s optimizer, jitted with the parameters and optimizer state donated, the
+step's key ``fold_in(seed key, step)`` (see ``experiments.runner.train``). Only the data is
+synthetic: random tokens (no padding) and images of the shapes the real data has, every row
+at the longest length (the bucket a real batch fills worst).
+
+:func:`compile_report` times the first call of a jitted step by JAX's own compilation events
+(tracing, lowering to MLIR, XLA's backend compile) and checks that a second call with the same
+shapes compiles nothing.
+"""
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments.config import TrainConfig
+from experiments.runner import _train_step, make_optimizer
+from zoo.models.transformer import TransformerConfig, count_parameters
+
+__all__ = [
+    "LM_PRESETS",
+    "ZooStep",
+    "compile_report",
+    "lm_config",
+    "lm_flops_per_token",
+    "make_zoo_step",
+]
+
+# The LM configurations: the lm experiment's tiny preset, and nanoGPT's shakespeare_char
+# (Karpathy, config/train_shakespeare_char.py): 6 layers, 6 heads, 384 wide, context 256,
+# a 65-character vocabulary. Everything else (pre-LN, GELU, learned positions, tied
+# embeddings, N(0, 0.02) init, no dropout, AdamW) is the tiny preset's; nanoGPT trains
+# shakespeare_char with dropout 0.2, which neither side uses here. "smoke" is for tests.
+LM_PRESETS = ("tiny", "shakespeare_char", "smoke")
+# Character vocabulary of both LM configurations (nanoGPT's shakespeare_char has 65).
+VOCAB = 65
+
+# JAX's compilation events (jax._src.dispatch): one of each per compiled jit call.
+_TRACE = "/jax/core/compile/jaxpr_trace_duration"
+_LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+def lm_config(preset: str, kernel: str = "reference") -> tuple[TransformerConfig, TrainConfig, int]:
+    """(model config, train config, context length T) of an LM configuration."""
+    from experiments.tasks import lm
+
+    if preset not in LM_PRESETS:
+        raise ValueError(f"LM preset must be one of {LM_PRESETS}, got {preset!r}")
+    config = lm.presets("transformer")["smoke" if preset == "smoke" else "tiny"]
+    model = dataclasses.replace(config.model, vocab_size=VOCAB, kernel=kernel)
+    context = config.data.context_length
+    if preset == "shakespeare_char":
+        context = 256
+        model = dataclasses.replace(
+            model, model_dim=384, ff_dim=1536, num_heads=6, num_layers=6, max_length=context
+        )
+    return model, config.train, context
+
+
+def lm_flops_per_token(model: TransformerConfig, context: int) -> float:
+    """Training FLOPs per token: ``6 P + 12 L D T`` (Chowdhery et al. 2022, PaLM, appendix B;
+    nanoGPT's ``estimate_mfu``). ``P`` counts the parameters that multiply: all but the learned
+    position table (the tied embedding counts once, for the output projection); ``12 L D T`` is
+    attention's two matmuls forward and backward, causal masking not discounted."""
+    abstract = nnx.eval_shape(lambda: _lm_model(model))
+    positions = model.max_length * model.model_dim if model.positions == "learned" else 0
+    P = count_parameters(abstract) - positions
+    return 6.0 * P + 12.0 * model.num_layers * model.model_dim * context
+
+
+def _lm_model(model: TransformerConfig) -> nnx.Module:
+    from zoo.models.transformer import TransformerLM
+
+    return TransformerLM(model, rngs=nnx.Rngs(0))
+
+
+def _tokens(rng: np.random.Generator, shape: tuple[int, ...], vocab: int) -> np.ndarray:
+    # Ids 0-3 are PAD, BOS, EOS, UNK in every tokenizer of the zoo: real tokens only.
+    return rng.integers(4, vocab, shape).astype(np.int32)
+
+
+def _lm(preset: str, kernel: str, batch_size: int) -> dict[str, Any]:
+    from experiments.tasks import lm
+
+    model_config, train, context = lm_config(preset, kernel)
+    rng = np.random.default_rng(0)
+    return {
+        "model": _lm_model(model_config),
+        "loss_fn": lm.loss_fn,
+        "train": train,
+        "batch": {"tokens": _tokens(rng, (batch_size, context + 1), VOCAB)},
+        "tokens": batch_size * context,
+        "flops": batch_size * context * lm_flops_per_token(model_config, context),
+    }
+
+
+def _rnnsearch(preset: str, batch_size: int) -> dict[str, Any]:
+    from experiments.data.translation import PAD_ID
+    from experiments.tasks import translate
+    from zoo.models.rnnsearch import RNNSearch
+
+    config = translate.presets("rnnsearch")[preset]
+    model_config = dataclasses.replace(config.model, pad_id=PAD_ID)
+    L, rng = config.data.max_length, np.random.default_rng(0)
+    return {
+        "model": RNNSearch(model_config, rngs=nnx.Rngs(config.train.seed)),
+        "loss_fn": functools.partial(
+            translate.loss_fn, label_smoothing=config.train.label_smoothing
+        ),
+        "train": config.train,
+        "batch": {
+            "source": _tokens(rng, (batch_size, L), model_config.source_vocab_size),
+            "target": _tokens(rng, (batch_size, L + 1), model_config.target_vocab_size),
+        },
+        "tokens": batch_size * L,
+        "flops": None,
+    }
+
+
+def _sat(preset: str, batch_size: int) -> dict[str, Any]:
+    from experiments.tasks import caption
+    from zoo.models.show_attend_tell import ShowAttendTell
+
+    config = caption.presets("sat")[preset]
+    # The digit scenes: grey, 64 x 64 (canvas64, smoke) or 96 x 96 (canvas96).
+    size, channels = (96 if config.data.name.endswith("canvas96") else 64), 1
+    model_config = dataclasses.replace(
+        config.model, image_channels=channels + 2 * config.data.coordinates
+    )
+    T, rng = config.data.max_length, np.random.default_rng(0)
+    return {
+        "model": ShowAttendTell(model_config, rngs=nnx.Rngs(config.train.seed)),
+        "loss_fn": functools.partial(
+            caption.loss_fn,
+            penalty_strength=config.loss.penalty_strength,
+            coordinates=config.data.coordinates,
+        ),
+        "train": config.train,
+        "batch": {
+            "image": rng.random((batch_size, size, size, channels), np.float32),
+            "caption": _tokens(rng, (batch_size, T + 1), model_config.vocab_size),
+        },
+        "tokens": batch_size * T,
+        "flops": None,
+    }
+
+
+class ZooStep:
+    """One runner training step per call, state carried (and donated) from call to call."""
+
+    def __init__(
+        self, model: nnx.Module, loss_fn: Callable, train: TrainConfig, batch: dict[str, Any]
+    ):
+        graphdef, self.params, rest = nnx.split(model, nnx.Param, ...)
+        optimizer = make_optimizer(train)
+        self.opt_state = optimizer.init(self.params)
+        # As experiments.runner.train builds it (one device: no shardings to give).
+        self.fn = jax.jit(
+            functools.partial(
+                _train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
+            ),
+            donate_argnums=(0, 1),
+        )
+        self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        self.key = jax.random.key(train.seed)
+        self.step = 0
+        jax.block_until_ready(jax.random.fold_in(self.key, 0))  # compile it outside the step
+
+    def __call__(self) -> float:
+        """Run one step; returns its loss (which waits for it)."""
+        rng = jax.random.fold_in(self.key, self.step)
+        self.params, self.opt_state, metrics = self.fn(self.params, self.opt_state, self.batch, rng)
+        self.step += 1
+        return float(metrics["loss"])
+
+
+def make_zoo_step(model: str, *, batch_size: int, kernel: str = "reference") -> dict[str, Any]:
+    """``{"step": ZooStep, "model", "parameters", "tokens" and "flops" per step (None when not
+    counted), "train": TrainConfig, "batch": the host batch}``. Read ``model``'s weights before
+    the first step: the step donates them.
+
+    ``model`` is ``<name>/<preset>``: ``lm/tiny``, ``lm/shakespeare_char``, ``rnnsearch/tiny``,
+    ``sat/tiny`` (``/smoke`` for tests); ``kernel`` (LM only) is the attention kernel,
+    "reference" or "blockwise".
+    """
+    name, _, preset = model.partition("/")
+    if name == "lm":
+        parts = _lm(preset, kernel, batch_size)
+    elif name not in ("rnnsearch", "sat") or preset not in ("tiny", "smoke", "paper"):
+        raise ValueError(
+            f"model must be lm/<{'|'.join(LM_PRESETS)}> or rnnsearch|sat/<tiny|smoke|paper>, "
+            f"got {model!r}"
+        )
+    elif kernel != "reference":
+        raise ValueError(f"{name} has no attention kernel choice (additive attention only)")
+    else:
+        parts = (_rnnsearch if name == "rnnsearch" else _sat)(preset, batch_size)
+    return {
+        "step": ZooStep(parts["model"], parts["loss_fn"], parts["train"], parts["batch"]),
+        "model": parts["model"],
+        "parameters": count_parameters(parts["model"]),
+        "tokens": parts["tokens"],
+        "flops": parts["flops"],
+        "train": parts["train"],
+        "batch": parts["batch"],
+    }
+
+
+@contextlib.contextmanager
+def _compile_events() -> Iterator[dict[str, list[float]]]:
+    events: dict[str, list[float]] = collections.defaultdict(list)
+
+    def listener(event: str, duration: float, **_: Any) -> None:
+        if event in (_TRACE, _LOWER, _COMPILE):
+            events[event].append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def compile_report(step: ZooStep) -> dict[str, Any]:
+    """Run the step's first two calls: compile times and whether the second recompiled.
+
+    ``trace_s``, ``lower_s``, ``compile_s`` are JAX's own event durations during the first
+    call (``lower_s + compile_s`` is what the first step pays over a warm one, less tracing);
+    ``second_call_compiles`` counts XLA compilations during a second same-shape call (0 when
+    the jit cache hit) and ``cache_size`` the jitted function's cached executables (1).
+    """
+    with _compile_events() as first:
+        start = time.perf_counter()
+        loss = step()
+        first_call_s = time.perf_counter() - start
+    with _compile_events() as second:
+        step()
+    return {
+        "first_call_s": first_call_s,
+        "trace_s": sum(first[_TRACE]),
+        "lower_s": sum(first[_LOWER]),
+        "compile_s": sum(first[_COMPILE]),
+        "first_call_compiles": len(first[_COMPILE]),
+        "second_call_compiles": len(second[_COMPILE]),
+        "second_call_traces": len(second[_TRACE]),
+        "cache_size": step.fn._cache_size(),
+        "first_loss": loss,
+    }
