@@ -59,11 +59,14 @@ def head_grid(
     key_tokens: Sequence[str],
     path: pathlib.Path,
     title: str = "",
+    *,
+    first_layer: int = 0,
 ) -> pathlib.Path:
     """Draw per-layer, per-head weights ``[layers, N, T, S]`` as a grid of heatmaps.
 
     One row per layer, one column per head (Vaswani et al. 2017, Figures 3-5 show single
     heads of this grid); query tokens label the rows of each map, key tokens the columns.
+    Rows are titled from layer ``first_layer`` on (for a slice of a deeper model's layers).
     """
     weights = np.asarray(weights)
     if weights.ndim != 4 or weights.shape[2:] != (len(query_tokens), len(key_tokens)):
@@ -91,7 +94,9 @@ def head_grid(
                 ax.set_xticklabels(key_tokens, rotation=90, fontsize=6)
             if small and head == 0:
                 ax.set_yticklabels(query_tokens, fontsize=6)
-            ax.set_title(f"layer {layer} head {head}", fontsize=7)
+            # Tokens label the outer maps only; inner ones would otherwise show tick numbers.
+            ax.tick_params(labelbottom=layer == layers - 1, labelleft=head == 0)
+            ax.set_title(f"layer {first_layer + layer} head {head}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
