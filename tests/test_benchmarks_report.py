@@ -196,5 +196,5 @@ def test_the_readme_quotes_the_committed_headline():
     assert report.with_headline(readme, report.headline(RESULTS)) == readme, (
         "README.md's benchmark headline is stale: run make results"
     )
-    with pytest.raises(ValueError, match="no .* block"):
+    with pytest.raises(ValueError, match=r"no .* block"):
         report.with_headline("no markers here", [])
