@@ -49,7 +49,7 @@ def _scaling(machine: dict) -> dict:
         return {"case": case, "status": "ok", "peak_bytes": 2**30, **speed}
 
     return {
-        "machine": machine,
+        "machine": {k: v for k, v in machine.items() if k != "date"},  # an undated run
         "mode": "quick",
         "sweep": {
             "contexts": [256, 1024],
@@ -73,7 +73,8 @@ def _scaling(machine: dict) -> dict:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """Results whose verdicts are known: copies of the committed ones with numbers changed
-    (the zoo LM's reference kernel slower than PyTorch, its blockwise one faster; the
+    (the zoo LM's reference kernel slower than PyTorch, its blockwise one faster, all timed
+    under load; the
     blockwise attention kernel 100x torch SDPA's speed but only jax.nn's, and 2 GiB at
     T = 32,768), a hand-made scaling run (4x: missed; no contention), no decoding run, and
     a one-case kernel quick run that the targets run must win over."""
@@ -83,6 +84,8 @@ def tree(tmp_path_factory):
         for name, r in entry.get("impls", {}).items():
             if name.startswith("zoo.") and "tokens_per_s" in r:
                 r["tokens_per_s"] = 1e9 if name == "zoo.blockwise" else 1.0
+            if "clean_samples" in r:  # every sample taken under load
+                r["clean_samples"], r["mean_contention"] = 0, 0.5
     _write(root, "models/quick/results.json", models)
     _write(root, "scaling/quick/results.json", _scaling(models["machine"]))
     (root / "scaling/quick/scaling.png").write_bytes(b"\x89PNG")
