@@ -39,7 +39,6 @@ The machine is shared and noisy: compare ratios from one run, not absolute times
 import argparse
 import dataclasses
 import functools
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from benchmarks.timing import machine_info, race, time_call
+from benchmarks.timing import machine_info, race, save_results, time_call
 from zoo import decoding
 from zoo.models.transformer import TransformerConfig, TransformerLM, count_parameters
 
@@ -452,17 +451,8 @@ def plot(results: dict[str, Any], out: Path) -> None:
 
 
 def _save(results: dict[str, Any], out: Path, *, with_plot: bool = True) -> None:
-    """Write the JSON and the report (after every case, so an interrupted sweep keeps what it
-    measured) and, with ``with_plot``, the plot."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown(results))
-    if not with_plot:
-        return
-    try:
-        plot(results, out)
-    except Exception as e:  # a plot must never lose the numbers
-        print("plotting failed:", e, flush=True)
+    draw = (lambda: plot(results, out)) if with_plot else None
+    save_results(out, results, markdown(results), draw)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.timing import machine_info, spawn
+from benchmarks.timing import machine_info, save_results, spawn
 
 VARIANTS = ("dp/replicate", "dp/shard", "sp/zigzag", "sp/zigzag+permute", "sp/contiguous")
 MODES = {
@@ -732,12 +732,7 @@ def _print_run(run: dict[str, Any]) -> None:
 
 
 def _save(results: dict[str, Any], out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown(results))
-    try:
-        plot(results, out / "devices.png")
-    except Exception as e:  # a plot must never lose the numbers
-        print("plotting failed:", e, flush=True)
+    save_results(out, results, markdown(results), lambda: plot(results, out / "devices.png"))
 
 
 # --------------------------------------------------------------------------------------------

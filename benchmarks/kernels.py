@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.timing import machine_info, spawn
+from benchmarks.timing import machine_info, save_results, spawn
 
 IMPLEMENTATIONS = ("zoo.blockwise", "zoo.reference", "jax.nn", "flax.nnx", "torch.sdpa")
 # Implementations that materialize the [B, N, T, S] scores (and, with gradients, several
@@ -396,12 +396,7 @@ def _print_case(entry: dict[str, Any]) -> None:
 
 
 def _save(results: dict[str, Any], out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown(results))
-    try:
-        plot(results, out)
-    except Exception as e:  # a plot must never lose the numbers
-        print("plotting failed:", e, flush=True)
+    save_results(out, results, markdown(results), lambda: plot(results, out))
 
 
 # --------------------------------------------------------------------------------------

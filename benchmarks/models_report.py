@@ -1,8 +1,9 @@
 """Tables, target verdicts and the plot of the model benchmark (``benchmarks/models.py``)."""
 
-import json
 from pathlib import Path
 from typing import Any
+
+from benchmarks.timing import save_results
 
 __all__ = ["markdown", "plot", "save", "target_verdicts", "targets"]
 
@@ -12,12 +13,7 @@ TARGET_RATIO = 1.0  # issue 7: zoo LM tokens/s at least this times the faster Py
 
 
 def save(results: dict[str, Any], out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown(results))
-    try:
-        plot(results, out / "models.png")
-    except Exception as e:  # a plot must never lose the numbers
-        print("plotting failed:", e, flush=True)
+    save_results(out, results, markdown(results), lambda: plot(results, out / "models.png"))
 
 
 def _name(entry: dict[str, Any]) -> str:

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.timing import machine_info, spawn
+from benchmarks.timing import machine_info, save_results, spawn
 
 KERNELS = ("reference", "blockwise")
 HEAD_DIM = 32  # the tiny preset's: 128 wide, 4 heads
@@ -328,17 +328,8 @@ def _print_case(entry: dict[str, Any]) -> None:
 
 
 def _save(results: dict[str, Any], out: Path, *, with_plot: bool = True) -> None:
-    """Write the JSON and the report (after every case, so an interrupted sweep keeps what it
-    measured) and, with ``with_plot``, the plot."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown(results))
-    if not with_plot:
-        return
-    try:
-        plot(results, out)
-    except Exception as e:  # a plot must never lose the numbers
-        print("plotting failed:", e, flush=True)
+    draw = (lambda: plot(results, out)) if with_plot else None
+    save_results(out, results, markdown(results), draw)
 
 
 # --------------------------------------------------------------------------------------

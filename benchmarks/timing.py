@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -194,3 +195,20 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def save_results(
+    out: Path, results: dict[str, Any], report: str, draw: Callable[[], object] | None = None
+) -> None:
+    """Write ``out/results.json`` and the markdown ``report`` as ``out/results.md``, then call
+    ``draw`` (the benchmark's plot). Called after every case, so an interrupted sweep keeps
+    what it measured; a failing plot is reported and never loses the numbers."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(report)
+    if draw is None:
+        return
+    try:
+        draw()
+    except Exception as e:  # a plot must never lose the numbers
+        print("plotting failed:", e, flush=True)
