@@ -4,6 +4,8 @@ Tiny blocks (4 query rows x 3 key rows) on odd lengths (T = 11, S = 13), so ever
 many blocks, a partial last block on both sides, and the skipping of empty blocks.
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -373,7 +375,11 @@ def test_forward_and_backward_memory_is_linear_in_length():
         grad = jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, is_causal=True)), (0, 1, 2))
         return jax.jit(grad).lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
 
-    small, large = temp_bytes(blockwise_attention, 1024), temp_bytes(blockwise_attention, 4096)
+    # Fixed blocks: the automatic choice grows them with the length (128 rows at 1,024).
+    blockwise = functools.partial(
+        blockwise_attention, query_block_size=256, key_value_block_size=256
+    )
+    small, large = temp_bytes(blockwise, 1024), temp_bytes(blockwise, 4096)
     assert large < 2 * small, (small, large)  # 4x the tokens: linear allows 4x, we need < 2x
     ref_small, ref_large = (temp_bytes(dot_product_attention, n) for n in (1024, 4096))
     assert ref_large > 10 * ref_small  # the quadratic kernel would fail the test above
@@ -384,6 +390,12 @@ def test_default_block_sizes():
     assert default_block_sizes(256, 4096) == (256, 512)
     assert default_block_sizes(500, 1000) == (256, 504)  # 2 blocks each, little padding
     assert default_block_sizes(4096, 4096, banded=True) == (256, 256)
+    # Banded: about 8 blocks per axis of 128 to 256 rows, so that short sequences skip too.
+    assert default_block_sizes(256, 256, banded=True) == (128, 128)
+    assert default_block_sizes(1000, 1000, banded=True) == (128, 128)  # 8 blocks of 125 -> 128
+    assert default_block_sizes(2048, 2048, banded=True) == (256, 256)
+    assert default_block_sizes(100, 100, banded=True) == (100, 100)
+    assert default_block_sizes(1, 300, banded=True) == (1, 104)  # 3 blocks of 100 -> 104
 
 
 @settings(max_examples=10, deadline=None)

@@ -46,7 +46,15 @@ __all__ = ["blockwise_additive_attention", "blockwise_attention", "default_block
 # 256-row key blocks skip more still (causal forward ~10% faster; backward unchanged).
 _MAX_QUERY_BLOCK = 256
 _MAX_KEY_BLOCK = 512
-_MAX_KEY_BLOCK_BANDED = 256
+_MAX_BLOCK_BANDED = 256
+# A banded (causal or local) mask only saves work when there are blocks to skip: a short
+# sequence in one block computes the whole T x S square. So banded blocks aim at 8 per axis,
+# but no shorter than 128 rows (smaller blocks lose more to per-block overhead than they skip).
+# Causal forward+backward, same machine: B=12 N=6 H=64 T=256 (the nanoGPT shakespeare_char
+# shape), 89 ms in one 256 x 256 block against 63 ms in 128 x 128 blocks; B=4 N=8 T=512,
+# 85 -> 71 ms; B=1 N=8 at T = 1,024 (128) and 2,048 (256) unchanged.
+_MIN_BLOCK_BANDED = 128
+_BANDED_BLOCKS_PER_AXIS = 8
 
 
 def default_block_sizes(
@@ -54,12 +62,19 @@ def default_block_sizes(
 ) -> tuple[int, int]:
     """The automatic ``(query_block_size, key_value_block_size)`` for ``T`` and ``S``.
 
-    At most ``256`` query and ``512`` key rows (``256`` when ``banded``: a causal or local
-    window mask, whose empty blocks are skipped); a longer sequence is cut into equal
-    blocks (rounded up to a multiple of 8) so that padding the last block wastes little.
+    At most ``256`` query and ``512`` key rows; a longer sequence is cut into equal blocks
+    (rounded up to a multiple of 8) so that padding the last block wastes little. When
+    ``banded`` (a causal or local window mask, whose empty blocks are skipped) each axis is
+    cut into about 8 blocks of 128 to 256 rows, so that short sequences skip work too.
     """
-    longest_key = _MAX_KEY_BLOCK_BANDED if banded else _MAX_KEY_BLOCK
-    return _even_block(query_length, _MAX_QUERY_BLOCK), _even_block(key_length, longest_key)
+    if banded:
+        return _banded_block(query_length), _banded_block(key_length)
+    return _even_block(query_length, _MAX_QUERY_BLOCK), _even_block(key_length, _MAX_KEY_BLOCK)
+
+
+def _banded_block(length: int) -> int:
+    aim = -(-length // _BANDED_BLOCKS_PER_AXIS)
+    return _even_block(length, min(_MAX_BLOCK_BANDED, max(_MIN_BLOCK_BANDED, aim)))
 
 
 def _even_block(length: int, longest: int) -> int:
