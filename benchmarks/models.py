@@ -33,6 +33,8 @@ from typing import Any
 
 LM_KERNELS = ("reference", "blockwise")
 TORCH_MODES = ("eager", "compile")
+# The attention-free variants of an attention_cost case (train_steps.values_only).
+ZOO_NO_ATTENTION, TORCH_NO_ATTENTION = "zoo.none", "torch.eager.none"
 FLOPS_FORMULA = "6 * (parameters - learned position table) + 12 * L * D * T per token"
 
 
@@ -44,11 +46,15 @@ class Case:
     kernels: tuple[str, ...] = ()
     # PyTorch twins to time as well (LM only): "eager" and/or "compile" (torch.compile).
     torch: tuple[str, ...] = ()
+    # LM only: also time both sides with attention skipped (zoo.none, torch.eager.none), so
+    # the report splits each step into attention and the rest.
+    attention_cost: bool = False
 
     def __post_init__(self) -> None:
-        if self.torch and not self.model.startswith("lm/"):
+        if (self.torch or self.attention_cost) and not self.model.startswith("lm/"):
             raise ValueError(
-                f"only the LM has a PyTorch twin, got torch={self.torch} for {self.model}"
+                f"only the LM has a PyTorch twin and a kernel to skip, got torch={self.torch}, "
+                f"attention_cost={self.attention_cost} for {self.model}"
             )
         if set(self.torch) - set(TORCH_MODES):
             raise ValueError(f"torch modes must be among {TORCH_MODES}, got {self.torch}")
@@ -62,8 +68,8 @@ class Case:
 
 def sweep(mode: str) -> list[Case]:
     lm = [
-        Case("lm/tiny", 12, LM_KERNELS, TORCH_MODES),
-        Case("lm/shakespeare_char", 12, LM_KERNELS, TORCH_MODES),
+        Case("lm/tiny", 12, LM_KERNELS, TORCH_MODES, attention_cost=True),
+        Case("lm/shakespeare_char", 12, LM_KERNELS, TORCH_MODES, attention_cost=True),
     ]
     if mode == "full":
         lm.append(Case("lm/shakespeare_char", 64, LM_KERNELS, TORCH_MODES))
@@ -75,8 +81,11 @@ def sweep(mode: str) -> list[Case]:
 # Worker side: runs inside the fresh subprocess.
 
 
-def _torch_twin(built: dict[str, Any], compile: bool) -> tuple[Any, dict[str, Any]]:
-    """(step callable, record) of the PyTorch twin of a built zoo LM step, zoo weights in."""
+def _torch_twin(
+    built: dict[str, Any], compile: bool, attention: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """(step callable, record) of the PyTorch twin of a built zoo LM step, zoo weights in;
+    without attention (torch_lm.values_only) unless ``attention``."""
     import torch
 
     from benchmarks import torch_lm
@@ -89,6 +98,8 @@ def _torch_twin(built: dict[str, Any], compile: bool) -> tuple[Any, dict[str, An
             f"the torch twin has {parameters:,} parameters, the zoo model {built['parameters']:,}"
         )
     torch_lm.load_zoo_parameters(model, built["model"])
+    if not attention:
+        torch_lm.without_attention(model)
     step = torch_lm.TrainStep(model, built["train"], pad_id=PAD_ID, compile=compile)
     tokens = torch.from_numpy(built["batch"]["tokens"]).long()
     record = _torch_first_calls(lambda: step(tokens))
@@ -121,11 +132,14 @@ def _torch_first_calls(run: Any) -> dict[str, Any]:
 def worker(case: Case, repeats: int, warmup: int = 2) -> dict[str, Any]:
     from benchmarks.kernels import _matmul_rates
     from benchmarks.timing import race, time_call
-    from benchmarks.train_steps import compile_report, make_zoo_step
+    from benchmarks.train_steps import NO_ATTENTION, compile_report, make_zoo_step
 
     result: dict[str, Any] = {"matmul_gflops": _matmul_rates("float32"), "impls": {}}
     runs: dict[str, Any] = {}
-    for i, kernel in enumerate(case.kernels or ("reference",)):
+    kernels = case.kernels or ("reference",)
+    if case.attention_cost:
+        kernels = (*kernels, NO_ATTENTION)
+    for i, kernel in enumerate(kernels):
         built = make_zoo_step(case.model, batch_size=case.batch_size, kernel=kernel)
         result.update(
             parameters=built["parameters"],
@@ -140,6 +154,10 @@ def worker(case: Case, repeats: int, warmup: int = 2) -> dict[str, Any]:
                 if record["compile_error"]:
                     continue  # it ran eagerly: torch.eager is that measurement already
                 runs[f"torch.{mode}"] = run
+            if case.attention_cost:
+                run, record = _torch_twin(built, compile=False, attention=False)
+                result["impls"][TORCH_NO_ATTENTION] = record
+                runs[TORCH_NO_ATTENTION] = run
         name = f"zoo.{kernel}" if case.kernels else "zoo"
         result["impls"][name] = {
             "kernel": kernel if case.kernels else None,

@@ -5,10 +5,13 @@ from typing import Any
 
 from benchmarks.timing import save_results
 
-__all__ = ["markdown", "plot", "save", "target_verdicts", "targets"]
+__all__ = ["attention_split", "markdown", "plot", "save", "target_verdicts", "targets"]
 
 TORCH = ("torch.eager", "torch.compile")
 NO_KERNEL = "none (additive attention only)"
+# The attention-free variants (benchmarks/models.py, Case.attention_cost).
+ZOO_NO_ATTENTION, TORCH_NO_ATTENTION = "zoo.none", "torch.eager.none"
+SKIPPED = "skipped (values only)"
 TARGET_RATIO = 1.0  # issue 7: zoo LM tokens/s at least this times the faster PyTorch twin's
 
 
@@ -30,6 +33,8 @@ def _best_torch(entry: dict[str, Any]) -> tuple[str, float] | None:
 
 
 def _kernel(entry: dict[str, Any], name: str, r: dict[str, Any]) -> str:
+    if name in (ZOO_NO_ATTENTION, TORCH_NO_ATTENTION):
+        return SKIPPED
     if name in TORCH:
         return "torch SDPA"
     return r.get("kernel") or NO_KERNEL
@@ -73,7 +78,8 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {_name(entry)} | | {name} | | not timed: {why[:80]} |" + " |" * 8)
                 continue
             star = "*" if r["clean_samples"] == 0 else ""
-            ratio = f"{r['tokens_per_s'] / best[1]:.2f}x" if best and name not in TORCH else ""
+            compared = best and name not in (*TORCH, ZOO_NO_ATTENTION, TORCH_NO_ATTENTION)
+            ratio = f"{r['tokens_per_s'] / best[1]:.2f}x" if compared else ""
             lines.append(
                 f"| {_name(entry)} | {r['parameters']:,} | {name} | {_kernel(entry, name, r)} "
                 f"| {r['median_s'] * 1e3:.1f}{star} | {r['min_s'] * 1e3:.1f} "
@@ -83,7 +89,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {r['mean_contention']:.0%} | {r['first_loss']:.5f} |"
             )
         lines.append(f"| | matmul roofline: {matmul:.0f} GFLOP/s |" + " |" * 11)
-    lines += ["", *compilation(results), "", *targets(results)]
+    split = attention_split(results)
+    lines += ["", *compilation(results), "", *(split and [*split, ""]), *targets(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +131,54 @@ def compilation(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def attention_split(results: dict[str, Any]) -> list[str]:
+    """Where a step's time goes: attention vs the rest of the model, zoo against PyTorch.
+
+    For a case timed with attention skipped on both sides (``zoo.none``, ``torch.eager.none``:
+    each query gets its own value, same projections, no T x S work), ``rest`` is that step's
+    median and ``attention`` the difference to the full step's. ``vs torch`` is the PyTorch
+    eager twin's time over the zoo's for the same part (above 1 = the zoo is faster). Empty
+    when no case has the variants.
+    """
+    rows = []
+    for entry in results["cases"]:
+        impls = entry.get("impls", {})
+        rest = {
+            side: impls.get(name, {}).get("median_s")
+            for side, name in (("zoo", ZOO_NO_ATTENTION), ("torch", TORCH_NO_ATTENTION))
+        }
+        torch_full = impls.get("torch.eager", {}).get("median_s")
+        if None in (rest["zoo"], rest["torch"], torch_full):
+            continue
+        torch_attention = torch_full - rest["torch"]
+        for name, r in impls.items():
+            if name.startswith("zoo.") and name != ZOO_NO_ATTENTION and "median_s" in r:
+                attention = r["median_s"] - rest["zoo"]
+                rows.append(
+                    f"| {_name(entry)} | {name} | {r['median_s'] * 1e3:.1f} "
+                    f"| {attention * 1e3:.1f} | {torch_attention / attention:.2f}x "
+                    f"| {rest['zoo'] * 1e3:.1f} | {rest['torch'] / rest['zoo']:.2f}x |"
+                )
+        rows.append(
+            f"| {_name(entry)} | torch.eager | {torch_full * 1e3:.1f} "
+            f"| {torch_attention * 1e3:.1f} | | {rest['torch'] * 1e3:.1f} | |"
+        )
+    if not rows:
+        return []
+    return [
+        "## Where the time goes: attention and the rest",
+        "",
+        "Each side timed once more with attention skipped (`zoo.none`, `torch.eager.none`: "
+        "every query gets its own value vector; same projections, no T x S work). `rest` = "
+        "that step, `attention` = full step - rest; `vs torch` = the PyTorch eager twin's "
+        "time for the same part over the zoo's (above 1.00x the zoo is faster).",
+        "",
+        "| case | impl | step ms | attention ms | vs torch | rest ms | vs torch |",
+        "|---" * 7 + "|",
+        *rows,
+    ]
+
+
 def target_verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 7, one dict per zoo LM kernel timed next to a PyTorch twin: ``case``, ``impl``,
     ``tokens_per_s``, ``peer`` (the faster twin) and ``peer_tokens_per_s``, ``ratio`` (zoo
@@ -137,7 +192,7 @@ def target_verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         peer = entry["impls"][best[0]]
         for name, r in entry["impls"].items():
-            if name.startswith("zoo") and "tokens_per_s" in r:
+            if name.startswith("zoo") and name != ZOO_NO_ATTENTION and "tokens_per_s" in r:
                 ratio = r["tokens_per_s"] / best[1]
                 verdicts.append(
                     dict(

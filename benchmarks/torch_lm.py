@@ -30,7 +30,14 @@ from torch import nn
 from experiments.config import TrainConfig
 from zoo.models.transformer import TransformerConfig
 
-__all__ = ["TorchLM", "TrainStep", "count_parameters", "load_zoo_parameters"]
+__all__ = [
+    "TorchLM",
+    "TrainStep",
+    "count_parameters",
+    "load_zoo_parameters",
+    "values_only",
+    "without_attention",
+]
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
@@ -82,6 +89,7 @@ class _Attention(nn.Module):
         self.query = _linear(D, N * H, bias, init)
         self.key = _linear(D, K * H, bias, init)
         self.value = _linear(D, K * H, bias, init)
+        self.attend: Callable[..., torch.Tensor] = F.scaled_dot_product_attention
         self.out = _linear(N * H, D, bias, out_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +99,7 @@ class _Attention(nn.Module):
         v = self.value(x).view(B, T, self.K, self.H).transpose(1, 2)
         if self.rotary:
             q, k = _rotate(q), _rotate(k)
-        out = F.scaled_dot_product_attention(
+        out = self.attend(
             q,
             k,
             v,
@@ -203,6 +211,20 @@ class TorchLM(nn.Module):
         if self.head is None:  # tied: the embedding matrix transposed (Vaswani et al. 3.4)
             return hidden @ self.embed.tokens.weight.T
         return self.head(hidden)
+
+
+def values_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_: Any) -> torch.Tensor:
+    """``benchmarks.train_steps.values_only`` in PyTorch: each query gets its own value
+    (B, N, T, H), none of the T x S work."""
+    return v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+
+
+def without_attention(model: TorchLM) -> TorchLM:
+    """``model`` with every attention replaced by :func:`values_only`, in place."""
+    for module in model.modules():
+        if isinstance(module, _Attention):
+            module.attend = values_only
+    return model
 
 
 def load_zoo_parameters(model: TorchLM, zoo_model: Any) -> None:

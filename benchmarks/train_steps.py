@@ -31,6 +31,7 @@ from zoo.models.transformer import TransformerConfig, count_parameters
 
 __all__ = [
     "LM_PRESETS",
+    "NO_ATTENTION",
     "ZooStep",
     "compile_report",
     "lm_config",
@@ -46,6 +47,8 @@ __all__ = [
 LM_PRESETS = ("tiny", "shakespeare_char", "smoke")
 # Character vocabulary of both LM configurations (nanoGPT's shakespeare_char has 65).
 VOCAB = 65
+# The LM "kernel" that skips attention (see values_only): what the step costs without it.
+NO_ATTENTION = "none"
 
 # JAX's compilation events (jax._src.dispatch): one of each per compiled jit call.
 _TRACE = "/jax/core/compile/jaxpr_trace_duration"
@@ -81,10 +84,18 @@ def lm_flops_per_token(model: TransformerConfig, context: int) -> float:
     return 6.0 * P + 12.0 * model.num_layers * model.model_dim * context
 
 
-def _lm_model(model: TransformerConfig) -> nnx.Module:
+def values_only(query: jax.Array, key: jax.Array, value: jax.Array, *_, **__) -> jax.Array:
+    """A stand-in attention kernel that attends nowhere: each query position gets its own
+    value vector ``[B, T, N, H]`` (repeated over a group's query heads). Same shapes and the
+    same projections around it, none of the T x S work: a step with it costs the model
+    without attention, so a step's attention share is measured, not estimated."""
+    return jnp.repeat(value, query.shape[2] // value.shape[2], axis=2)
+
+
+def _lm_model(model: TransformerConfig, kernel: Callable | None = None) -> nnx.Module:
     from zoo.models.transformer import TransformerLM
 
-    return TransformerLM(model, rngs=nnx.Rngs(0))
+    return TransformerLM(model, kernel=kernel, rngs=nnx.Rngs(0))
 
 
 def _tokens(rng: np.random.Generator, shape: tuple[int, ...], vocab: int) -> np.ndarray:
@@ -95,10 +106,11 @@ def _tokens(rng: np.random.Generator, shape: tuple[int, ...], vocab: int) -> np.
 def _lm(preset: str, kernel: str, batch_size: int) -> dict[str, Any]:
     from experiments.tasks import lm
 
-    model_config, train, context = lm_config(preset, kernel)
+    skip = kernel == NO_ATTENTION
+    model_config, train, context = lm_config(preset, "reference" if skip else kernel)
     rng = np.random.default_rng(0)
     return {
-        "model": _lm_model(model_config),
+        "model": _lm_model(model_config, values_only if skip else None),
         "loss_fn": lm.loss_fn,
         "train": train,
         "batch": {"tokens": _tokens(rng, (batch_size, context + 1), VOCAB)},
@@ -194,7 +206,7 @@ def make_zoo_step(model: str, *, batch_size: int, kernel: str = "reference") -> 
 
     ``model`` is ``<name>/<preset>``: ``lm/tiny``, ``lm/shakespeare_char``, ``rnnsearch/tiny``,
     ``sat/tiny`` (``/smoke`` for tests); ``kernel`` (LM only) is the attention kernel,
-    "reference" or "blockwise".
+    "reference" or "blockwise", or ``NO_ATTENTION`` for :func:`values_only`.
     """
     name, _, preset = model.partition("/")
     if name == "lm":

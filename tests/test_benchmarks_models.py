@@ -16,7 +16,10 @@ from zoo.models.transformer import TransformerLM
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 TORCH = ("eager",) if HAS_TORCH else ()  # torch.compile takes a minute: the benchmark's job
 # Show-Attend-Tell's CNN takes the longest to compile: its own test below is marked slow.
-SMOKE = [models.Case("lm/smoke", 3, ("reference",), TORCH), models.Case("rnnsearch/smoke", 3)]
+SMOKE = [
+    models.Case("lm/smoke", 3, ("reference",), TORCH, attention_cost=True),
+    models.Case("rnnsearch/smoke", 3),
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,9 @@ def test_sweep_records_every_case_with_its_fields(sweep):
             assert r["second_call_compiles"] == 0 and r["cache_size"] == 1
     lm, rnnsearch = results["cases"]
     assert lm["impls"]["zoo.reference"]["kernel"] == "reference"
+    # attention_cost: the same model once more with attention skipped.
+    assert lm["impls"]["zoo.none"]["kernel"] == "none"
+    assert lm["impls"]["zoo.none"]["parameters"] == lm["impls"]["zoo.reference"]["parameters"]
     assert lm["impls"]["zoo.reference"]["of_matmul"] == pytest.approx(
         lm["impls"]["zoo.reference"]["model_gflops"] / 100.0
     )
@@ -88,8 +94,33 @@ def test_torch_twin_has_the_zoo_parameters_and_loss(sweep):
     # Same weights, same batch: the same first loss.
     assert twin["first_loss"] == pytest.approx(zoo["first_loss"], abs=1e-5)
     assert twin["mode"] == "eager" and twin["second_call_new_graphs"] == 0
+    # Both sides skip the same thing: equal first losses without attention too, and they
+    # differ from the losses with it.
+    zoo_none, twin_none = lm["impls"]["zoo.none"], lm["impls"]["torch.eager.none"]
+    assert twin_none["first_loss"] == pytest.approx(zoo_none["first_loss"], abs=1e-5)
+    assert zoo_none["first_loss"] != pytest.approx(zoo["first_loss"], abs=1e-5)
     verdicts = models_report.targets(results)
     assert any("zoo.reference" in line and "target >= 1.0x" in line for line in verdicts)
+    # Not a kernel: no verdict.
+    assert {v["impl"] for v in models_report.target_verdicts(results)} == {"zoo.reference"}
+    split = models_report.attention_split(results)
+    assert any(line.startswith("| lm/smoke B=3 | zoo.reference |") for line in split)
+
+
+def test_attention_split_by_hand():
+    impls = {
+        "zoo.reference": {"median_s": 0.5},
+        "zoo.none": {"median_s": 0.3},
+        "torch.eager": {"median_s": 0.4},
+        "torch.eager.none": {"median_s": 0.3},
+    }
+    lines = models_report.attention_split(
+        {"cases": [{"case": {"model": "lm/x", "batch_size": 2}, "impls": impls}]}
+    )
+    # zoo: attention 0.2 s against torch's 0.1 s (0.50x), rest 0.3 s against 0.3 s (1.00x).
+    assert "| lm/x B=2 | zoo.reference | 500.0 | 200.0 | 0.50x | 300.0 | 1.00x |" in lines
+    assert "| lm/x B=2 | torch.eager | 400.0 | 100.0 | | 300.0 | |" in lines
+    assert models_report.attention_split({"cases": [{"case": {}, "impls": {}}]}) == []
 
 
 def test_lm_flops_per_token_by_hand():
@@ -127,6 +158,13 @@ def test_torch_twin_computes_the_zoo_logits(changes):
     twin = torch_lm.TorchLM(config).eval()
     torch_lm.load_zoo_parameters(twin, zoo)
     tokens = np.random.default_rng(0).integers(1, 37, (3, 11)).astype(np.int32)
+    expected = np.asarray(nnx.jit(lambda model, t: model(t))(zoo, jnp.asarray(tokens)))
+    with torch.no_grad():
+        got = twin(torch.from_numpy(tokens).long()).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+    # Without attention (the benchmark's attention_cost variants) they still agree.
+    zoo = TransformerLM(config, kernel=train_steps.values_only, rngs=nnx.Rngs(0))
+    torch_lm.without_attention(twin)
     expected = np.asarray(nnx.jit(lambda model, t: model(t))(zoo, jnp.asarray(tokens)))
     with torch.no_grad():
         got = twin(torch.from_numpy(tokens).long()).numpy()
