@@ -53,7 +53,7 @@ BENCHMARKS = (
         "devices",
         "Data- and sequence-parallel devices",
         "benchmarks.devices",
-        "benchmarks.devices",
+        "benchmarks.devices_report",
         "devices",
     ),
 )

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks import devices
+from benchmarks import collectives
 
 # One device's program on 4 devices. f32[8,16] is 512 bytes. Expected bytes sent:
 #   all-reduce of (f32[8,16], s32[]) over 4:        2 * 3/4 * 516   =  774
@@ -86,7 +86,7 @@ ENTRY %main (x: f32[8,16], y: bf16[100], c: s32[], flag: pred[]) -> f32[8,16] {
 
 
 def test_hlo_byte_counter_on_a_hand_written_program():
-    found = {c.name: c for c in devices.parse_collectives(HLO, devices=4)}
+    found = {c.name: c for c in collectives.parse_collectives(HLO, devices=4)}
     assert set(found) == {
         "both",
         "gathered",
@@ -119,7 +119,7 @@ def test_hlo_byte_counter_on_a_hand_written_program():
     assert found["pairs"].executions == 1 and not found["pairs"].trip_count_known
     assert found["branch_sum"].in_conditional and not found["both"].in_conditional
 
-    summary = devices.summarize(list(found.values()))
+    summary = collectives.summarize(list(found.values()))
     assert summary["sent_bytes"] == pytest.approx(774 + 512 + 384 + 384 + 3 * 512 + 200 + 256 + 768)
     assert summary["launches"] == 10  # 8 instructions, the ring's hop 3 times
     assert summary["in_loops_bytes"] == pytest.approx(3 * 512 + 200)
@@ -129,14 +129,14 @@ def test_hlo_byte_counter_on_a_hand_written_program():
 
 def test_hlo_byte_counter_needs_an_entry_and_known_types():
     with pytest.raises(ValueError, match="ENTRY"):
-        devices.parse_collectives("%f (x: f32[]) -> f32[] {\n}\n", devices=2)
+        collectives.parse_collectives("%f (x: f32[]) -> f32[] {\n}\n", devices=2)
     odd = HLO.replace("bf16[100]{0} all-reduce", "q7[100]{0} all-reduce")
     with pytest.raises(ValueError, match="q7"):
-        devices.parse_collectives(odd, devices=4)
+        collectives.parse_collectives(odd, devices=4)
 
 
 def test_projection():
-    p = devices.project(2e9, 8e12, 4, link_gbps=100.0, device_gflops=1000.0)
+    p = collectives.project(2e9, 8e12, 4, link_gbps=100.0, device_gflops=1000.0)
     assert p["comm_s"] == pytest.approx(0.02) and p["compute_s"] == pytest.approx(2.0)
     assert p["comm_over_compute"] == pytest.approx(0.01)
 

@@ -17,11 +17,8 @@ from hypothesis import strategies as st
 from tests.kernels import reference
 from zoo.kernels import chunked, dot_product_attention
 from zoo.kernels.additive import additive_attention
-from zoo.kernels.chunked import (
-    blockwise_additive_attention,
-    blockwise_attention,
-    default_block_sizes,
-)
+from zoo.kernels.blockwise_additive import blockwise_additive_attention
+from zoo.kernels.chunked import blockwise_attention, default_block_sizes
 
 # Prime sizes, so a swapped axis cannot go unnoticed; N = 6 query heads over K = 3.
 B, T, S, N, K, H = 2, 11, 13, 6, 3, 5
@@ -389,13 +386,13 @@ def test_default_block_sizes():
     assert default_block_sizes(11, 5) == (11, 5)
     assert default_block_sizes(256, 4096) == (256, 512)
     assert default_block_sizes(500, 1000) == (256, 504)  # 2 blocks each, little padding
-    assert default_block_sizes(4096, 4096, banded=True) == (256, 256)
-    # Banded: about 8 blocks per axis of 128 to 256 rows, so that short sequences skip too.
+    assert default_block_sizes(4096, 4096, banded=True) == (256, 512)
+    # Banded: about 4 blocks per axis of at least 128 rows, so that short sequences skip too.
     assert default_block_sizes(256, 256, banded=True) == (128, 128)
-    assert default_block_sizes(1000, 1000, banded=True) == (128, 128)  # 8 blocks of 125 -> 128
-    assert default_block_sizes(2048, 2048, banded=True) == (256, 256)
+    assert default_block_sizes(1000, 1000, banded=True) == (256, 256)  # 4 blocks of 250 -> 256
+    assert default_block_sizes(2048, 2048, banded=True) == (256, 512)
     assert default_block_sizes(100, 100, banded=True) == (100, 100)
-    assert default_block_sizes(1, 300, banded=True) == (1, 104)  # 3 blocks of 100 -> 104
+    assert default_block_sizes(1, 600, banded=True) == (1, 152)  # a decoding step: 4 of 150
 
 
 @settings(max_examples=10, deadline=None)

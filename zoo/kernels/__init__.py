@@ -1,7 +1,8 @@
 """Pure-function attention kernels: arrays in, arrays out; jit, vmap, grad and shard safe."""
 
 from zoo.kernels.additive import additive_attention, additive_scores, project_keys
-from zoo.kernels.chunked import blockwise_additive_attention, blockwise_attention
+from zoo.kernels.blockwise_additive import blockwise_additive_attention
+from zoo.kernels.chunked import blockwise_attention
 from zoo.kernels.dot_product import dot_product_attention
 from zoo.kernels.masks import (
     causal_mask,

@@ -20,7 +20,7 @@ mask (or the sequence lengths) leave empty are never visited.
 Shapes follow ``zoo.shapes``. Inside, blocks are 3-D so that every product is one batched
 matmul: ``Z = B*K`` batches, ``R = G*bq`` rows (the G query heads that share a key head
 stacked; ``r`` in einsums), ``s = bk`` key rows; ``Q`` and ``P`` count query and key blocks.
-Also :func:`blockwise_additive_attention`, the same scheme for Bahdanau's additive score.
+The same scheme for Bahdanau's additive score is :mod:`zoo.kernels.blockwise_additive`.
 """
 
 import dataclasses
@@ -36,25 +36,25 @@ from zoo.kernels.dot_product import _check_and_batch, _grouped
 from zoo.kernels.softmax import MASK_VALUE
 from zoo.shapes import Array, PRNGKey
 
-__all__ = ["blockwise_additive_attention", "blockwise_attention", "default_block_sizes"]
+__all__ = ["blockwise_attention", "default_block_sizes"]
 
 # The longest blocks the automatic choice uses. On a 2-core AVX-512 CPU, B=1 N=8 H=64 at
 # T = 4,096: the forward ran equally fast from 128 x 1024 to 512 x 512 query x key rows; the
 # backward was 10-25% faster at 256 x 512 than at 512 x 512, 256 x 1024 or 128 x 512 (one
-# block of scores, 8 heads x 256 x 512 float32 = 4 MiB, about fits the two L2 caches), and
-# 256-row query blocks skip causal work at a finer grain. With a causal or local mask,
-# 256-row key blocks skip more still (causal forward ~10% faster; backward unchanged).
+# block of scores, 8 heads x 256 x 512 float32 = 4 MiB, about fits the two L2 caches).
+# XLA's batched matmul of one block runs faster the bigger the block (8 heads x 256 x 256:
+# 117 GFLOP/s, 256 x 512: 162, 512 x 512: 213 on a quiet 2-core Xeon), so with a causal mask
+# too 256 x 512 beat 256 x 256, though it skips less: forward 174 vs 241 ms at T = 4,096,
+# 2.3 vs 3.4 s at 16,384; forward+backward 459 vs 673 ms at 4,096.
 _MAX_QUERY_BLOCK = 256
 _MAX_KEY_BLOCK = 512
-_MAX_BLOCK_BANDED = 256
 # A banded (causal or local) mask only saves work when there are blocks to skip: a short
-# sequence in one block computes the whole T x S square. So banded blocks aim at 8 per axis,
-# but no shorter than 128 rows (smaller blocks lose more to per-block overhead than they skip).
-# Causal forward+backward, same machine: B=12 N=6 H=64 T=256 (the nanoGPT shakespeare_char
-# shape), 89 ms in one 256 x 256 block against 63 ms in 128 x 128 blocks; B=4 N=8 T=512,
-# 85 -> 71 ms; B=1 N=8 at T = 1,024 (128) and 2,048 (256) unchanged.
+# sequence in one block computes the whole T x S square. So banded blocks aim at 4 per axis,
+# no shorter than 128 rows. Causal forward+backward, B=12 N=6 H=64 T=256 (the nanoGPT
+# shakespeare_char shape): 89 ms in one 256 x 256 block, 61 ms in 128 x 128 blocks; B=1 N=8 at
+# T = 1,024: 51 ms at 256 x 256, 54 ms at 128 x 128, 43 ms at 256 x 512 (noise is ~10%).
 _MIN_BLOCK_BANDED = 128
-_BANDED_BLOCKS_PER_AXIS = 8
+_BANDED_BLOCKS_PER_AXIS = 4
 
 
 def default_block_sizes(
@@ -64,17 +64,21 @@ def default_block_sizes(
 
     At most ``256`` query and ``512`` key rows; a longer sequence is cut into equal blocks
     (rounded up to a multiple of 8) so that padding the last block wastes little. When
-    ``banded`` (a causal or local window mask, whose empty blocks are skipped) each axis is
-    cut into about 8 blocks of 128 to 256 rows, so that short sequences skip work too.
+    ``banded`` (a causal or local window mask, whose empty blocks are skipped) a shorter
+    sequence is cut too, into about 4 blocks per axis of at least 128 rows, so that it has
+    blocks to skip.
     """
-    if banded:
-        return _banded_block(query_length), _banded_block(key_length)
-    return _even_block(query_length, _MAX_QUERY_BLOCK), _even_block(key_length, _MAX_KEY_BLOCK)
+    return (
+        _even_block(query_length, _longest(query_length, _MAX_QUERY_BLOCK, banded)),
+        _even_block(key_length, _longest(key_length, _MAX_KEY_BLOCK, banded)),
+    )
 
 
-def _banded_block(length: int) -> int:
+def _longest(length: int, most: int, banded: bool) -> int:
+    if not banded:
+        return most
     aim = -(-length // _BANDED_BLOCKS_PER_AXIS)
-    return _even_block(length, min(_MAX_BLOCK_BANDED, max(_MIN_BLOCK_BANDED, aim)))
+    return min(most, max(_MIN_BLOCK_BANDED, aim))
 
 
 def _even_block(length: int, longest: int) -> int:
@@ -682,202 +686,3 @@ def _accumulate_bias_grad(config: _Config, d_bias: Array, d_s: Array, i: Array, 
     starts = (0, 0, 0, i * config.bq if t > 1 else 0, j * config.bk if s > 1 else 0)
     current = lax.dynamic_slice(d_bias, starts, block.shape)
     return lax.dynamic_update_slice(d_bias, current + block, starts)
-
-
-# --------------------------------------------------------------------------------------
-# Additive (Bahdanau) attention, blockwise.
-
-# Elements of one block's [B, t, s, A] hidden layer the automatic block sizes aim at (8 MiB
-# in float32): big enough to amortize a loop step, small enough to stay in cache.
-_ADDITIVE_BLOCK_ELEMENTS = 2**21
-
-
-def blockwise_additive_attention(
-    query: Array,
-    projected_keys: Array,
-    values: Array,
-    *,
-    w_query: Array,
-    v: Array,
-    mask: Array | None = None,
-    query_block_size: int | None = None,
-    key_block_size: int | None = None,
-) -> Array:
-    """Bahdanau attention without the ``[B, T, S, A]`` hidden layer.
-
-    The same call (less ``return_weights``) and numbers as
-    :func:`zoo.kernels.additive.additive_attention`: scores ``e_ij = v^T tanh(W q_i + k_j)``
-    (Bahdanau et al. 2014, eq. (6) and appendix A.1.2), weights ``softmax_j`` (eq. (6)) and
-    context ``sum_j alpha_ij values_j`` (eq. (5)). The reference forms the whole
-    ``tanh(W q_i + k_j)`` tensor, B*T*S*A numbers; this kernel forms one ``[B, t, s, A]``
-    block at a time with the online softmax of :func:`blockwise_attention`, and its custom
-    VJP recomputes each block from the saved log-sum-exp, so memory is O(B*(T + S)*A) plus
-    one block. Shapes (alphabet in ``zoo.shapes``; drop ``B`` everywhere for one example)::
-
-        query [B, T, D_q]   projected_keys [B, S, A]   values [B, S, D_v]
-        w_query [D_q, A]    v [A]    mask broadcastable to [B, T, S] (True = attend)
-
-    Args:
-      query, projected_keys, values, w_query, v, mask: as in ``additive_attention``.
-      query_block_size, key_block_size: rows per block (``t``, ``s``); by default chosen so
-        that a block's hidden layer has about 2**21 elements.
-
-    Returns:
-      The context ``[B, T, D_v]`` in the values' dtype; zeros (and zero gradients) for a
-      query row with no key to attend. Gradients flow to query, projected_keys, values,
-      w_query and v.
-    """
-    from zoo.kernels.additive import _prepare  # its input checks, so both fail alike
-
-    query, projected_keys, values_, w_query, v, mask, batched = _prepare(
-        query, projected_keys, values, w_query, v, mask
-    )
-    assert values_ is not None
-    B, T, _ = query.shape
-    S, A = projected_keys.shape[1:]
-    bs = key_block_size or min(S, 512)
-    bt = query_block_size or max(1, min(T, _ADDITIVE_BLOCK_ELEMENTS // (B * A * bs)))
-    if key_block_size is None and B * A * bs * bt > _ADDITIVE_BLOCK_ELEMENTS:
-        bs = max(1, min(S, _ADDITIVE_BLOCK_ELEMENTS // (B * A * bt)))
-    _check_block("query_block_size", bt)
-    _check_block("key_block_size", bs)
-    nq, nk = -(-T // bt), -(-S // bs)
-    config = _AdditiveConfig(T=T, S=S, bt=bt, bs=bs)
-
-    # W_a s_{i-1} for every query once: O(B*T*A), differentiated by JAX as usual.
-    projected_query = jnp.einsum("BTD,DA->BTA", query, w_query)
-    pq = _pad_axis(projected_query, 1, nq * bt).reshape(B, nq, bt, A).swapaxes(0, 1)
-    pk = _pad_axis(projected_keys, 1, nk * bs).reshape(B, nk, bs, A).swapaxes(0, 1)
-    vals = _pad_axis(values_, 1, nk * bs).reshape(B, nk, bs, -1).swapaxes(0, 1)
-    if mask is not None:
-        if mask.shape[1] != 1:
-            mask = _pad_axis(mask, 1, nq * bt)
-        if mask.shape[2] != 1:
-            mask = _pad_axis(mask, 2, nk * bs)
-    context = _additive_vjp(config, pq, pk, vals, v, mask)  # [Q, B, t, D_v]
-    context = context.swapaxes(0, 1).reshape(B, nq * bt, -1)[:, :T]
-    return context if batched else context[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class _AdditiveConfig:
-    T: int  # real query length
-    S: int  # real key length
-    bt: int  # query rows per block
-    bs: int  # key rows per block
-
-
-def _additive_logits(config: _AdditiveConfig, pq_blk, pk_blk, v, mask, i, j):
-    """(masked float32 scores [B, t, s], hidden tanh layer [B, t, s, A]) of block (i, j)."""
-    # Appendix A.1.2: tanh(W_a s_{i-1} + U_a h_j) for this block's (i, j) pairs only.
-    hidden = jnp.tanh(pq_blk[:, :, None, :] + pk_blk[:, None, :, :])
-    scores = jnp.einsum("BtsA,A->Bts", hidden, v, preferred_element_type=jnp.float32)
-    k_pos = j * config.bs + jnp.arange(config.bs)
-    keep = None
-    if config.S % config.bs:
-        keep = jnp.broadcast_to(k_pos < config.S, scores.shape[1:])
-    if mask is not None:
-        b, t, s = mask.shape
-        block = lax.dynamic_slice(
-            mask,
-            (0, i * config.bt if t > 1 else 0, j * config.bs if s > 1 else 0),
-            (b, config.bt if t > 1 else 1, config.bs if s > 1 else 1),
-        )
-        keep = block if keep is None else keep & block
-    if keep is not None:
-        scores = jnp.where(keep, scores, MASK_VALUE)
-    return scores, hidden
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _additive_vjp(config: _AdditiveConfig, pq, pk, vals, v, mask):
-    return _additive_forward(config, pq, pk, vals, v, mask)[0]
-
-
-def _additive_forward(config: _AdditiveConfig, pq, pk, vals, v, mask):
-    """Online softmax over key blocks (as :func:`_forward`), one query block at a time."""
-    nk, B, _, Dv = vals.shape
-
-    def query_block(_, x):
-        i, pq_blk = x
-
-        def key_block(j, carry):
-            m, l, acc = carry
-            pk_blk = lax.dynamic_index_in_dim(pk, j, 0, keepdims=False)
-            val_blk = lax.dynamic_index_in_dim(vals, j, 0, keepdims=False)
-            scores, _ = _additive_logits(config, pq_blk, pk_blk, v, mask, i, j)
-            m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
-            p = jnp.exp(scores - m_new[..., None])
-            correction = jnp.exp(m - m_new)
-            pv = jnp.einsum(
-                "Bts,BsD->BtD", p.astype(val_blk.dtype), val_blk, preferred_element_type=jnp.float32
-            )
-            return m_new, l * correction + jnp.sum(p, -1), acc * correction[..., None] + pv
-
-        init = (
-            jnp.full((B, config.bt), MASK_VALUE, jnp.float32),
-            jnp.zeros((B, config.bt), jnp.float32),
-            jnp.zeros((B, config.bt, Dv), jnp.float32),
-        )
-        m, l, acc = lax.fori_loop(0, nk, key_block, init)
-        live = m > MASK_VALUE
-        safe_l = jnp.where(live, l, 1.0)
-        context = jnp.where(live[..., None], acc / safe_l[..., None], 0.0)
-        lse = jnp.where(live, m + jnp.log(safe_l), jnp.inf)  # +inf: p = 0 in the backward
-        return None, (context.astype(vals.dtype), lse)
-
-    _, (context, lse) = lax.scan(query_block, None, (jnp.arange(pq.shape[0]), pq))
-    return context, lse
-
-
-def _additive_fwd(config: _AdditiveConfig, pq, pk, vals, v, mask):
-    context, lse = _additive_forward(config, pq, pk, vals, v, mask)
-    return context, (pq, pk, vals, v, mask, context, lse)
-
-
-def _additive_bwd(config: _AdditiveConfig, residuals, d_context):
-    """Recompute each block from the lse (FlashAttention Alg. 2), then chain through tanh."""
-    pq, pk, vals, v, mask, context, lse = residuals
-    delta = jnp.sum(d_context.astype(jnp.float32) * context.astype(jnp.float32), axis=-1)
-    nq = pq.shape[0]
-
-    def key_block(carry, x):
-        d_pq, d_v = carry
-        j, pk_blk, val_blk = x
-
-        def query_block(i, inner):
-            d_pq, d_v, d_pk, d_val = inner
-            pq_blk = lax.dynamic_index_in_dim(pq, i, 0, keepdims=False)
-            dc_blk = lax.dynamic_index_in_dim(d_context, i, 0, keepdims=False)
-            lse_blk = lax.dynamic_index_in_dim(lse, i, 0, keepdims=False)
-            delta_blk = lax.dynamic_index_in_dim(delta, i, 0, keepdims=False)
-            scores, hidden = _additive_logits(config, pq_blk, pk_blk, v, mask, i, j)
-            p = jnp.exp(scores - lse_blk[..., None])
-            d_p = jnp.einsum("BtD,BsD->Bts", dc_blk, val_blk, preferred_element_type=jnp.float32)
-            d_val = d_val + jnp.einsum(
-                "Bts,BtD->BsD", p.astype(dc_blk.dtype), dc_blk, preferred_element_type=jnp.float32
-            )
-            d_scores = p * (d_p - delta_blk[..., None])  # softmax backward, as dS in Alg. 2
-            # d tanh(x) = 1 - tanh(x)^2, times v_a (eq. (6)).
-            d_hidden = d_scores[..., None] * (1.0 - jnp.square(hidden.astype(jnp.float32)))
-            d_hidden = d_hidden * v.astype(jnp.float32)
-            d_v = d_v + jnp.einsum("Bts,BtsA->A", d_scores, hidden.astype(jnp.float32))
-            d_pq_blk = lax.dynamic_index_in_dim(d_pq, i, 0, keepdims=False) + d_hidden.sum(2)
-            d_pq = lax.dynamic_update_index_in_dim(d_pq, d_pq_blk, i, 0)
-            return d_pq, d_v, d_pk + d_hidden.sum(1), d_val
-
-        init = (
-            d_pq,
-            d_v,
-            jnp.zeros(pk_blk.shape, jnp.float32),
-            jnp.zeros(val_blk.shape, jnp.float32),
-        )
-        d_pq, d_v, d_pk, d_val = lax.fori_loop(0, nq, query_block, init)
-        return (d_pq, d_v), (d_pk.astype(pk.dtype), d_val.astype(vals.dtype))
-
-    init = (jnp.zeros(pq.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    (d_pq, d_v), (d_pk, d_vals) = lax.scan(key_block, init, (jnp.arange(pk.shape[0]), pk, vals))
-    return d_pq.astype(pq.dtype), d_pk, d_vals, d_v.astype(v.dtype), None
-
-
-_additive_vjp.defvjp(_additive_fwd, _additive_bwd)
