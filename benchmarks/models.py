@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.models_report import TORCH_NO_ATTENTION
+
 LM_KERNELS = ("reference", "blockwise")
 TORCH_MODES = ("eager", "compile")
-# The attention-free variants of an attention_cost case (train_steps.values_only).
-ZOO_NO_ATTENTION, TORCH_NO_ATTENTION = "zoo.none", "torch.eager.none"
 FLOPS_FORMULA = "6 * (parameters - learned position table) + 12 * L * D * T per token"
 
 

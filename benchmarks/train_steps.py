@@ -37,6 +37,7 @@ __all__ = [
     "lm_config",
     "lm_flops_per_token",
     "make_zoo_step",
+    "values_only",
 ]
 
 # The LM configurations: the lm experiment's tiny preset, and nanoGPT's shakespeare_char
