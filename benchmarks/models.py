@@ -46,8 +46,9 @@ class Case:
     kernels: tuple[str, ...] = ()
     # PyTorch twins to time as well (LM only): "eager" and/or "compile" (torch.compile).
     torch: tuple[str, ...] = ()
-    # LM only: also time both sides with attention skipped (zoo.none, torch.eager.none), so
-    # the report splits each step into attention and the rest.
+    # LM only: also time the zoo step with attention skipped (zoo.none), and the eager twin
+    # (torch.eager.none) when torch twins are timed, so the report splits each step into
+    # attention and the rest.
     attention_cost: bool = False
 
     def __post_init__(self) -> None:
@@ -154,7 +155,7 @@ def worker(case: Case, repeats: int, warmup: int = 2) -> dict[str, Any]:
                 if record["compile_error"]:
                     continue  # it ran eagerly: torch.eager is that measurement already
                 runs[f"torch.{mode}"] = run
-            if case.attention_cost:
+            if case.attention_cost and case.torch:
                 run, record = _torch_twin(built, compile=False, attention=False)
                 result["impls"][TORCH_NO_ATTENTION] = record
                 runs[TORCH_NO_ATTENTION] = run
