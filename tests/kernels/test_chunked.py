@@ -372,7 +372,7 @@ def test_forward_and_backward_memory_is_linear_in_length():
         grad = jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, is_causal=True)), (0, 1, 2))
         return jax.jit(grad).lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
 
-    # Fixed blocks: the automatic choice grows them with the length (128 rows at 1,024).
+    # Fixed blocks: the automatic choice grows them with the length (256 x 512 at 4,096).
     blockwise = functools.partial(
         blockwise_attention, query_block_size=256, key_value_block_size=256
     )

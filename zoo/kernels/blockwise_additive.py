@@ -43,9 +43,10 @@ def blockwise_additive_attention(
     (Bahdanau et al. 2014, eq. (6) and appendix A.1.2), weights ``softmax_j`` (eq. (6)) and
     context ``sum_j alpha_ij values_j`` (eq. (5)). The reference forms the whole
     ``tanh(W q_i + k_j)`` tensor, B*T*S*A numbers; this kernel forms one ``[B, t, s, A]``
-    block at a time with the online softmax of :func:`blockwise_attention`, and its custom
-    VJP recomputes each block from the saved log-sum-exp, so memory is O(B*(T + S)*A) plus
-    one block. Shapes (alphabet in ``zoo.shapes``; drop ``B`` everywhere for one example)::
+    block at a time with the online softmax of :func:`zoo.kernels.blockwise_attention`, and
+    its custom VJP recomputes each block from the saved log-sum-exp, so memory is
+    O(B*(T + S)*A) plus one block. Shapes (alphabet in ``zoo.shapes``; drop ``B`` everywhere
+    for one example)::
 
         query [B, T, D_q]   projected_keys [B, S, A]   values [B, S, D_v]
         w_query [D_q, A]    v [A]    mask broadcastable to [B, T, S] (True = attend)
