@@ -11,7 +11,7 @@ clipped AdamW, state donated) in these variants and times them interleaved:
   experiment's tiny preset (4 x 128, context 64), a fixed global batch split over ``P``;
   parameters and optimizer state replicated, or split ZeRO-3 style (``param_sharding="shard"``).
 * ``sp/...``: sequence parallelism, one long sequence split over ``P`` devices with
-  :func:`zoo.kernels.sharded.ring_attention` as the model's attention kernel (Liu et al. 2023):
+  :func:`zoo.kernels.ring.ring_attention` as the model's attention kernel (Liu et al. 2023):
   ``sp/zigzag`` feeds tokens already in the zigzag layout (``permute=False``),
   ``sp/zigzag+permute`` lets the kernel permute in and out in every layer
   (``permute=True``: what plugging the kernel into the model as it stands gives), and
@@ -149,7 +149,7 @@ def _build(variant: str, spec: dict[str, Any]) -> tuple[_Step, dict[str, Any]]:
     from benchmarks.train_steps import _tokens, lm_flops_per_token
     from experiments import parallel
     from experiments.tasks import lm
-    from zoo.kernels.sharded import ring_attention, ring_permutation
+    from zoo.kernels.ring import ring_attention, ring_permutation
     from zoo.models.transformer import TransformerLM, count_parameters
 
     rng = np.random.default_rng(0)

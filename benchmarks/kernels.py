@@ -187,7 +187,7 @@ def _jax_attention(case: Case, impl: str):
 
     causal = case.causal
     if impl == "zoo.blockwise":
-        from zoo.kernels.chunked import blockwise_attention
+        from zoo.kernels.blockwise import blockwise_attention
 
         return lambda q, k, v: blockwise_attention(q, k, v, is_causal=causal)
     if impl == "zoo.reference":

@@ -1,4 +1,4 @@
-"""Multi-device checks of zoo.kernels.sharded, run in a fresh process by test_sharded.py.
+"""Multi-device checks of zoo.kernels.sharded and .ring, run in a fresh process by test_sharded.py.
 
 The number of CPU devices must be fixed before JAX starts, so these checks cannot run in the
 pytest process (other test files share it). The worker sets the device count, optionally
@@ -164,9 +164,9 @@ def _mesh(shape: tuple[int, ...], names: tuple[str, ...], explicit: bool = True)
 def _ring(**placement: Any) -> Callable[..., Any]:
     import functools
 
-    from zoo.kernels import sharded
+    from zoo.kernels import ring
 
-    return functools.partial(sharded.ring_attention, **placement)
+    return functools.partial(ring.ring_attention, **placement)
 
 
 def _sorted_ids(seed: int, B: int, L: int, segments: int) -> np.ndarray:
@@ -261,7 +261,7 @@ def ring_unbatched_permute_false() -> dict[str, Any]:
 
     from tests.kernels import reference
     from zoo.kernels import dot_product_attention
-    from zoo.kernels.sharded import ring_permutation
+    from zoo.kernels.ring import ring_permutation
 
     mesh = _seq_mesh()
     T, N, K, H = 32, 6, 3, 5
@@ -304,21 +304,21 @@ def ring_skips_masked_blocks() -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from zoo.kernels import dot_product_attention, sharded
+    from zoo.kernels import dot_product_attention, ring
 
     T = 48
     q, k, v = _random(3, (1, T, 2, 4), (1, T, 1, 4), (1, T, 1, 4))
     v[0, -1] = np.nan
     finite: dict[str, Any] = {}
     for layout, causal in (("contiguous", True), ("zigzag", True), ("contiguous", False)):
-        ring = functools.partial(
-            sharded.ring_attention,
+        attention = functools.partial(
+            ring.ring_attention,
             mesh=_seq_mesh(),
             axis_name="seq",
             is_causal=causal,
             layout=layout,
         )
-        out = jax.jit(ring)(q, k, v)
+        out = jax.jit(attention)(q, k, v)
         rows = np.isfinite(np.asarray(out)).all(axis=(0, 2, 3))
         finite[f"{layout}_causal={causal}"] = np.flatnonzero(rows).tolist()
     kernel = dot_product_attention(jnp.asarray(q), k, v, is_causal=True)
@@ -335,14 +335,14 @@ def hlo_is_a_ring() -> dict[str, Any]:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from zoo.kernels import sharded
+    from zoo.kernels import ring
 
     mesh = _seq_mesh()
     q, k, v = _random(0, (2, 24, 6, 5), (2, 24, 3, 5), (2, 24, 3, 5))
     put = lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "seq")))  # noqa: E731
 
     def loss(q, k, v):
-        out = sharded.ring_attention(q, k, v, mesh=mesh, axis_name="seq", is_causal=True)
+        out = ring.ring_attention(q, k, v, mesh=mesh, axis_name="seq", is_causal=True)
         return jnp.sum(out**2)
 
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(put(q), put(k), put(v)).compile()
@@ -406,7 +406,7 @@ def head_batch_parallel_extras() -> dict[str, Any]:
         )
     )(q, k, v)
     # The memory-efficient kernel (a custom VJP around scans) runs per device unchanged.
-    from zoo.kernels.chunked import blockwise_attention
+    from zoo.kernels.blockwise import blockwise_attention
 
     def squares(fn: Callable[..., Any]) -> Callable[..., Any]:
         return lambda q, k, v: jnp.sum(fn(q, k, v, is_causal=True) ** 2)
@@ -463,7 +463,7 @@ def ring_transformer_lm() -> dict[str, Any]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from zoo.kernels import sharded
+    from zoo.kernels import ring
     from zoo.models.transformer import TransformerConfig, TransformerLM
 
     config = TransformerConfig(
@@ -479,8 +479,8 @@ def ring_transformer_lm() -> dict[str, Any]:
     # later activations, and the gradient of a model whose parameters are not on the mesh
     # raises a ShardingTypeError (JAX 0.10.2).
     mesh = _mesh((4,), ("seq",), explicit=False)
-    ring = functools.partial(sharded.ring_attention, mesh=mesh, axis_name="seq", layout="zigzag")
-    model = TransformerLM(config, kernel=ring, rngs=nnx.Rngs(0))
+    kernel = functools.partial(ring.ring_attention, mesh=mesh, axis_name="seq", layout="zigzag")
+    model = TransformerLM(config, kernel=kernel, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     reference = nnx.graphdef(nnx.eval_shape(lambda: TransformerLM(config, rngs=nnx.Rngs(0))))
 
@@ -533,7 +533,7 @@ def distributed_ring() -> dict[str, Any]:
     from jax.sharding import PartitionSpec as P
 
     from tests.kernels import reference
-    from zoo.kernels.sharded import ring_attention
+    from zoo.kernels.ring import ring_attention
 
     mesh = _mesh((jax.device_count(),), ("seq",))
     B, T, N, K, H = 2, 24, 6, 3, 5

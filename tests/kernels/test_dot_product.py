@@ -276,15 +276,19 @@ ERRORS = [
     (
         dict(q=(T, H)),
         ValueError,
-        r"query must be \[B, T, N, H\] or \[T, N, H\], got shape \(5, 11\)",
+        r"query must be \[\*batch, T, N, H\] \(e.g. \[B, T, N, H\] or \[T, N, H\]\), got shape \(5, 11\)",
     ),
     (
         dict(k=(S, K, H)),
         ValueError,
-        r"key must be \[B, S, K, H\] like query, got shape \(7, 3, 11\)",
+        r"key must be \[B, S, K, H\] = \[2, S, K, H\] with query's batch dims, got shape \(7, 3, 11\)",
     ),
     (dict(v=(B, S, K, 4)), ValueError, r"value must have key's shape .* got \(2, 7, 3, 4\)"),
-    (dict(k=(3, S, K, H), v=(3, S, K, H)), ValueError, r"key batch must equal query batch B=2"),
+    (
+        dict(k=(3, S, K, H), v=(3, S, K, H)),
+        ValueError,
+        r"key must be \[B, S, K, H\] = \[2, S, K, H\] with query's batch dims, got shape \(3, 7",
+    ),
     (
         dict(k=(B, S, K, 4), v=(B, S, K, 4)),
         ValueError,
@@ -305,14 +309,21 @@ ERRORS = [
         ValueError,
         r"mask must broadcast to \[B, N, T, S\] = \[2, 6, 5, 7\], got shape \(5, 8\)",
     ),
-    (dict(mask_dtype=np.float32), TypeError, r"mask must be bool"),
+    (dict(mask_dtype=np.complex64), TypeError, r"mask must be bool or real"),
+    (
+        dict(query_seq_lengths_values=(3, 6)),
+        ValueError,
+        r"query_seq_lengths must lie in \[0, T=5\], got values from 3 to 6",
+    ),
+    (dict(k=(B, 0, K, H), v=(B, 0, K, H)), ValueError, r"key length S must be positive"),
     (
         dict(query_seq_lengths=(B + 1,)),
         ValueError,
         r"query_seq_lengths must be \[B\] = \[2\], got shape \(3,\)",
     ),
     (dict(query_segment_ids=(B, T)), ValueError, r"must be given together"),
-    (dict(implementation="cudnn"), ValueError, r"implementation must be one of"),
+    (dict(implementation="flash"), ValueError, r"implementation must be one of"),
+    (dict(implementation="cudnn"), ValueError, r"implementation='cudnn' needs an NVIDIA GPU"),
     (dict(dropout_rate=0.1), ValueError, r"dropout_rng is required"),
     (dict(dropout_rate=1.0, dropout_rng=True), ValueError, r"dropout_rate must be in \[0, 1\)"),
     (
@@ -344,6 +355,8 @@ def test_bad_input_names_the_argument_and_shapes(bad, error, message):
     for name in ("implementation", "local_window_size", "dropout_rate"):
         if name in bad:
             kwargs[name] = bad[name]
+    if "query_seq_lengths_values" in bad:
+        kwargs["query_seq_lengths"] = np.array(bad["query_seq_lengths_values"], np.int32)
     if bad.get("dropout_rng"):
         kwargs["dropout_rng"] = jax.random.key(0)
     with pytest.raises(error, match=message):

@@ -23,7 +23,8 @@ import pytest
 from jax.sharding import AbstractMesh
 
 from zoo.kernels import dot_product_attention
-from zoo.kernels.sharded import ring_attention, ring_permutation, sharded_attention
+from zoo.kernels.ring import ring_attention, ring_permutation
+from zoo.kernels.sharded import sharded_attention
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120  # seconds: a hung collective fails the test instead of the whole run

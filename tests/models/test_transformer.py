@@ -10,7 +10,7 @@ from flax import nnx
 
 from zoo import decoding
 from zoo.kernels import dot_product_attention, sinusoidal_positions
-from zoo.kernels.chunked import blockwise_attention
+from zoo.kernels.blockwise import blockwise_attention
 from zoo.models.transformer import (
     BASE,
     BIG,

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from zoo.kernels import dot_product_attention
-from zoo.kernels.chunked import blockwise_attention
+from zoo.kernels.blockwise import blockwise_attention
 from zoo.nn import KVCache, MultiHeadAttention
 
 # Prime or pairwise-distinct sizes so a swapped axis fails loudly: G = N // K = 5 != K.

@@ -1,8 +1,15 @@
-"""Pure-function attention kernels: arrays in, arrays out; jit, vmap, grad and shard safe."""
+"""Pure-function attention kernels: arrays in, arrays out; jit, vmap, grad and shard safe.
+
+``KERNELS`` maps a name to a kernel with the call of :func:`dot_product_attention` (which
+is also ``jax.nn.dot_product_attention``'s): what models and configs look up by name.
+"""
+
+from collections.abc import Callable
+from typing import Any
 
 from zoo.kernels.additive import additive_attention, additive_scores, project_keys
+from zoo.kernels.blockwise import blockwise_attention, default_block_sizes
 from zoo.kernels.blockwise_additive import blockwise_additive_attention
-from zoo.kernels.chunked import blockwise_attention
 from zoo.kernels.dot_product import dot_product_attention
 from zoo.kernels.masks import (
     causal_mask,
@@ -13,10 +20,18 @@ from zoo.kernels.masks import (
 )
 from zoo.kernels.multiplicative import multiplicative_attention, multiplicative_scores
 from zoo.kernels.positional import alibi_bias, alibi_slopes, apply_rotary, sinusoidal_positions
-from zoo.kernels.sharded import ring_attention, ring_permutation, sharded_attention
+from zoo.kernels.ring import ring_attention, ring_permutation
+from zoo.kernels.sharded import sharded_attention
 from zoo.kernels.softmax import masked_softmax
 
+# Name -> kernel with the dot-product call. A new kernel is one file and one line here.
+KERNELS: dict[str, Callable[..., Any]] = {
+    "reference": dot_product_attention,
+    "blockwise": blockwise_attention,
+}
+
 __all__ = [
+    "KERNELS",
     "additive_attention",
     "additive_scores",
     "alibi_bias",
@@ -26,6 +41,7 @@ __all__ = [
     "blockwise_attention",
     "causal_mask",
     "combine_masks",
+    "default_block_sizes",
     "dot_product_attention",
     "local_window_mask",
     "masked_softmax",

@@ -28,8 +28,8 @@ from typing import Literal, overload
 import jax.numpy as jnp
 
 from zoo.kernels._checks import check_dtypes as _check_dtypes
-from zoo.kernels._checks import check_mask as _check_mask
 from zoo.kernels._checks import check_shape as _check_shape
+from zoo.kernels._checks import prepare_additive as _prepare
 from zoo.kernels.softmax import masked_softmax
 from zoo.shapes import Array
 
@@ -145,40 +145,3 @@ def _scores(query: Array, projected_keys: Array, w_query: Array, v: Array) -> Ar
     hidden = jnp.tanh(projected_query[:, :, None, :] + projected_keys[:, None, :, :])
     # Accumulate the v_a contraction in float32 so bf16/fp16 scores cannot overflow.
     return jnp.einsum("BTSA,A->BTS", hidden, v, preferred_element_type=jnp.float32)
-
-
-def _prepare(
-    query: Array,
-    projected_keys: Array,
-    values: Array | None,
-    w_query: Array,
-    v: Array,
-    mask: Array | None,
-) -> tuple[Array, Array, Array | None, Array, Array, Array | None, bool]:
-    """Check shapes and dtypes at trace time; return the arrays with a leading batch axis."""
-    query, projected_keys = jnp.asarray(query), jnp.asarray(projected_keys)
-    w_query, v = jnp.asarray(w_query), jnp.asarray(v)
-    if projected_keys.ndim not in (2, 3):
-        raise ValueError(
-            f"projected_keys must be [B, S, A] or [S, A], got shape {projected_keys.shape}"
-        )
-    batched = projected_keys.ndim == 3
-    lead = ("B",) if batched else ()
-    sizes: dict[str, int] = {}
-    _check_shape("projected_keys", projected_keys, (*lead, "S", "A"), sizes)
-    _check_shape("query", query, (*lead, "T", "D_q"), sizes)
-    _check_shape("w_query", w_query, ("D_q", "A"), sizes)
-    _check_shape("v", v, ("A",), sizes)
-    arrays = {"query": query, "projected_keys": projected_keys, "w_query": w_query, "v": v}
-    if values is not None:
-        values = jnp.asarray(values)
-        _check_shape("values", values, (*lead, "S", "D_v"), sizes)
-        arrays["values"] = values
-    _check_dtypes(query.dtype, **arrays)
-    if mask is not None:
-        mask = _check_mask(mask, tuple(sizes[a] for a in (*lead, "T", "S")), (*lead, "T", "S"))
-    if not batched:
-        query, projected_keys = query[None], projected_keys[None]
-        values = None if values is None else values[None]
-        mask = None if mask is None else mask[None]
-    return query, projected_keys, values, w_query, v, mask, batched

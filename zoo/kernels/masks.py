@@ -4,24 +4,40 @@ Every builder returns an array broadcastable against the ``[B, N, T, S]`` weight
 depend only on positions are ``[T, S]``; masks that depend on the example are ``[B, 1, T, S]``.
 Combine any of them with :func:`combine_masks`.
 
-The builders are thin wrappers over position predicates (``query_positions`` against
-``key_positions``), so a kernel that works block by block can build exactly the same mask
-for one block from that block's positions; see :func:`positional_mask`.
+Every kernel builds its mask from the same predicates through :func:`position_mask`: the
+reference kernel once for all ``T x S`` pairs, the blockwise and ring kernels once per block
+from that block's positions, so all of them mask exactly the same entries.
+
+Masked logits are replaced by :data:`MASK_VALUE`, a large *finite* negative number, never
+``-inf``: no ``-inf - -inf`` NaN can appear and ``jax.debug_infs`` stays quiet.
 """
 
 import jax.numpy as jnp
+import numpy as np
 
 from zoo.shapes import Array
 
 __all__ = [
+    "MASK_VALUE",
     "causal_mask",
     "combine_masks",
     "local_window_mask",
+    "mask_value",
     "normalize_window",
     "padding_mask",
+    "position_mask",
     "positional_mask",
     "segment_mask",
 ]
+
+# Finite stand-in for -inf in float32 logits: far below any real logit, far above float32's
+# lowest value, so that adding a bias of either sign to it cannot overflow.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def mask_value(dtype: object) -> float:
+    """The large finite negative number of ``dtype``, capped at float32's (as jax.nn's)."""
+    return max(MASK_VALUE, -0.7 * float(jnp.finfo(dtype).max))
 
 
 def normalize_window(local_window_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -68,6 +84,41 @@ def positional_mask(
     return mask
 
 
+def position_mask(
+    query_positions: Array,
+    key_positions: Array,
+    *,
+    is_causal: bool = False,
+    local_window_size: tuple[int, int] | None = None,
+    query_lengths: Array | None = None,
+    key_lengths: Array | None = None,
+    query_segment_ids: Array | None = None,
+    key_segment_ids: Array | None = None,
+    key_limit: int | None = None,
+) -> Array | None:
+    """Every mask that positions decide, for queries at ``[t]`` and keys at ``[s]``: ``[b, t, s]``.
+
+    ``b`` is ``B`` when lengths or segment ids are given, else 1. Lengths are int ``[B]``;
+    segment ids are the block's own, int ``[B, t]`` and ``[B, s]``. Keys at ``key_limit`` or
+    beyond are padding a kernel added. None when nothing is masked.
+    """
+    masks = []
+    positional = positional_mask(
+        query_positions, key_positions, is_causal=is_causal, local_window_size=local_window_size
+    )
+    if positional is not None:
+        masks.append(positional[None])
+    if key_limit is not None:
+        masks.append((key_positions < key_limit)[None, None, :])
+    if key_lengths is not None:
+        masks.append(key_positions[None, None, :] < key_lengths[:, None, None])
+    if query_lengths is not None:
+        masks.append(query_positions[None, :, None] < query_lengths[:, None, None])
+    if query_segment_ids is not None and key_segment_ids is not None:
+        masks.append(query_segment_ids[:, :, None] == key_segment_ids[:, None, :])
+    return combine_masks(*masks)
+
+
 def causal_mask(query_length: int, key_length: int | None = None) -> Array:
     """``[T, S]`` lower-triangular mask: query ``t`` attends keys ``s <= t``."""
     key_length = query_length if key_length is None else key_length
@@ -102,17 +153,14 @@ def padding_mask(
     """
     if query_lengths is None and key_lengths is None:
         raise ValueError("padding_mask needs query_lengths or key_lengths")
-    q_real = (
-        jnp.ones((1, query_length), bool)
-        if query_lengths is None
-        else jnp.arange(query_length)[None, :] < jnp.asarray(query_lengths)[:, None]
+    mask = position_mask(
+        jnp.arange(query_length),
+        jnp.arange(key_length),
+        query_lengths=None if query_lengths is None else jnp.asarray(query_lengths),
+        key_lengths=None if key_lengths is None else jnp.asarray(key_lengths),
     )
-    k_real = (
-        jnp.ones((1, key_length), bool)
-        if key_lengths is None
-        else jnp.arange(key_length)[None, :] < jnp.asarray(key_lengths)[:, None]
-    )
-    return (q_real[:, None, :, None] & k_real[:, None, None, :]).astype(bool)
+    assert mask is not None
+    return mask[:, None]
 
 
 def segment_mask(query_segment_ids: Array, key_segment_ids: Array) -> Array:
@@ -126,11 +174,17 @@ def segment_mask(query_segment_ids: Array, key_segment_ids: Array) -> Array:
 
 
 def combine_masks(*masks: Array | None) -> Array | None:
-    """Logical AND of the given masks (None entries are skipped), broadcast together."""
+    """Logical AND of the given masks (None entries are skipped), broadcast together.
+
+    Masks of lower rank get leading axes of size 1 first (NumPy's rule, spelled out so that
+    it also holds under ``jax.numpy_rank_promotion("raise")``).
+    """
+    given = [jnp.asarray(m, bool) for m in masks if m is not None]
+    if not given:
+        return None
+    rank = max(m.ndim for m in given)
     result = None
-    for mask in masks:
-        if mask is None:
-            continue
-        mask = jnp.asarray(mask, bool)
+    for mask in given:
+        mask = mask.reshape((1,) * (rank - mask.ndim) + mask.shape)
         result = mask if result is None else jnp.logical_and(result, mask)
     return result

@@ -28,7 +28,6 @@ logits ``[B, T, V]``; attention weights ``[B, N, T, S]``; ``M`` cache slots.
 """
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -37,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zoo.kernels.dot_product import dot_product_attention
+from zoo.kernels import KERNELS
 from zoo.kernels.positional import sinusoidal_positions
 from zoo.nn import FeedForward, KVCache, MultiHeadAttention
 from zoo.shapes import Array
@@ -61,7 +60,7 @@ __all__ = [
 # GPT-2's GELU is the tanh approximation, jax.nn.gelu's default.
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
 _POSITIONS = ("sinusoidal", "learned", "rotary")
-_KERNELS = ("reference", "blockwise")
+_KERNELS = tuple(KERNELS)
 
 Kernel = Callable[..., Any]
 Rngs = nnx.Rngs | Array | None  # an nnx.Rngs (its "dropout" stream), a PRNG key, or None
@@ -205,8 +204,7 @@ def _initializers(config: TransformerConfig) -> tuple[nnx.Initializer, ...]:
 def _resolve_kernel(config: TransformerConfig, kernel: Kernel | None) -> Kernel:
     if kernel is not None:
         return kernel
-    # dot_product_attention dispatches "blockwise" to zoo.kernels.chunked.blockwise_attention.
-    return functools.partial(dot_product_attention, implementation=config.kernel)
+    return KERNELS[config.kernel]
 
 
 def _as_rngs(rngs: Rngs) -> nnx.Rngs | None:

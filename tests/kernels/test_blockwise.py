@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.kernels import reference
-from zoo.kernels import chunked, dot_product_attention
+from zoo.kernels import _online, dot_product_attention
 from zoo.kernels.additive import additive_attention
+from zoo.kernels.blockwise import blockwise_attention, default_block_sizes
 from zoo.kernels.blockwise_additive import blockwise_additive_attention
-from zoo.kernels.chunked import blockwise_attention, default_block_sizes
 
 # Prime sizes, so a swapped axis cannot go unnoticed; N = 6 query heads over K = 3.
 B, T, S, N, K, H = 2, 11, 13, 6, 3, 5
@@ -330,34 +330,21 @@ def test_same_shapes_do_not_recompile(inputs):
 def test_causal_and_window_skip_exactly_the_empty_blocks():
     """The visited blocks are exactly those with an allowed (query, key) pair."""
     for causal, window in ((True, None), (False, (5, 2)), (True, (4, 0)), (False, None)):
-        config = chunked._Config(
-            B=1,
-            K=1,
-            G=1,
-            T=T,
-            S=S,
-            bq=4,
-            bk=3,
-            scale=1.0,
-            is_causal=causal,
-            window=window,
-            dropout_rate=0.0,
-            broadcast_dropout=True,
-            precision=None,
-        )
-        ops = chunked._Operands(None, None, None, None, None, None, None)
+        nq, nk = -(-T // 4), -(-S // 3)
+        band = dict(bq=4, bk=3, is_causal=causal, window=window)
+        band |= dict(query_lengths=None, key_lengths=None)
         allowed = reference.attention_mask(1, T, S, is_causal=causal, window=window)[0, 0]
-        needed = np.zeros((config.nq, config.nk), bool)
+        needed = np.zeros((nq, nk), bool)
         for t, s in zip(*np.nonzero(allowed), strict=True):
             needed[t // 4, s // 3] = True
         visited = np.zeros_like(needed)
-        for i in range(config.nq):
-            lo, hi = chunked._key_range(config, ops, jnp.int32(i))
+        for i in range(nq):
+            lo, hi = _online.banded_key_range(jnp.int32(i), nk=nk, **band)
             visited[i, int(lo) : int(hi)] = True
         np.testing.assert_array_equal(visited, needed)
         transposed = np.zeros_like(needed)
-        for j in range(config.nk):
-            lo, hi = chunked._query_range(config, ops, jnp.int32(j))
+        for j in range(nk):
+            lo, hi = _online.banded_query_range(jnp.int32(j), nq=nq, **band)
             transposed[int(lo) : int(hi), j] = True
         np.testing.assert_array_equal(transposed, needed)
         if causal:
@@ -427,12 +414,17 @@ ERRORS = [
     (dict(return_weights=True), ValueError, r"cannot return_weights"),
     (dict(query_block_size=0), ValueError, r"query_block_size must be a positive int, got 0"),
     (dict(key_value_block_size=2.5), ValueError, r"key_value_block_size must be a positive int"),
-    (dict(implementation="xla"), ValueError, r"implementation must be None or 'blockwise'"),
+    (dict(implementation="reference"), ValueError, r"must be None, 'xla' or 'blockwise'"),
     (dict(dropout_rate=0.1), ValueError, r"dropout_rng is required"),
     (
         dict(bias=np.zeros((B, 4, T, S))),
         ValueError,
         r"bias must broadcast to \[B, N, T, S\] = \[2, 6, 11, 13\], got shape \(2, 4, 11, 13\)",
+    ),
+    (
+        dict(key_value_seq_lengths=np.array([13, 14], np.int32)),
+        ValueError,
+        r"key_value_seq_lengths must lie in \[0, S=13\], got values from 13 to 14",
     ),
 ]
 

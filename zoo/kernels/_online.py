@@ -1,0 +1,365 @@
+"""The one online-softmax engine (private): blockwise attention for any block score.
+
+Rabe & Staats 2021, "Self-attention does not need O(n^2) memory" (arXiv:2112.05682), and
+Dao et al. 2022, FlashAttention (arXiv:2205.14135), Algorithm 1 (forward) and Algorithm 2
+(backward), in the loop order of FlashAttention-2 (Dao 2023, arXiv:2307.08691, Alg. 1-2).
+
+A score matrix is never formed whole. For each block of query rows the forward pass walks
+the key blocks keeping, per row, the running maximum ``m``, the running normaliser ``l`` and
+the unnormalised output ``acc`` (the "online softmax", Milakov & Gimelshein 2018; FlashAttention
+eq. (2)-(4)): :func:`fold` adds one block, :func:`finalize` ends a row. Only the
+log-sum-exp ``m + log l`` is kept for the backward pass, which recomputes each block's
+probabilities from it (Alg. 2 line 11): :func:`block_backward`. Memory is linear in the
+sequence lengths both ways.
+
+What differs between kernels is the score of one block and its gradient, a
+:class:`BlockScore`: scaled dot products (:mod:`zoo.kernels.blockwise`, and per visiting block
+in :mod:`zoo.kernels.ring`) or Bahdanau's ``v^T tanh(W q + k)``
+(:mod:`zoo.kernels.blockwise_additive`). :func:`blockwise` is the loop and the custom VJP
+around any of them.
+
+One convention for a row with nothing to attend (every logit masked, i.e. at
+``MASK_VALUE``): its output is zeros, its gradients zero, and its log-sum-exp is
+``MASK_VALUE``. Nothing here ever produces ``inf`` or NaN from finite inputs.
+
+Blocks are 3-D so that every product is one batched matmul: ``Z`` batches, ``R`` query rows
+(``r`` in einsums), ``s`` key rows; the forward pass works on ``[Z, R, s]`` scores, the
+backward pass on transposed ``[Z, s, R]`` ones (its products contracting over queries,
+``dV = P^T dO`` and ``dK = dS^T Q``, then read the scores in place). Stacked inputs carry the
+block index first: ``[Q, Z, R, .]`` for queries, ``[P, Z, s, .]`` for keys and values.
+"""
+
+import functools
+import math
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from zoo.kernels.masks import MASK_VALUE
+from zoo.shapes import Array
+
+__all__ = [
+    "BlockScore",
+    "backward_lse",
+    "banded_key_range",
+    "banded_query_range",
+    "block_backward",
+    "blockwise",
+    "finalize",
+    "fold",
+    "initial_state",
+    "pad_axis",
+]
+
+State = tuple[Array, Array, Array]  # (m [Z, R], l [Z, R], acc [Z, R, D])
+
+# While every exp(logit - m) of a block stays below e^28 (about 2**40) the running maximum m
+# is kept: exact arithmetic either way (any m works in softmax(x) = exp(x - m) / sum exp(x - m);
+# it only has to keep exp from overflowing), and it saves the row-max pass over the block.
+# Exponents are clipped at that bound, so a block that would exceed it (and the first block,
+# where m is still MASK_VALUE) is seen to, and takes the usual online-softmax update.
+_REUSE_MAX_EXPONENT = 28.0
+
+
+class BlockScore(Protocol):
+    """The score of one block of a blockwise kernel and its gradient (hashable: static).
+
+    ``q_blk`` is one query block ``[Z, R, .]``, ``k_blk`` one key block ``[Z, s, .]``,
+    ``params`` the differentiable arrays besides queries, keys and values (a pytree, may be
+    None), ``aux`` the non-differentiable ones; ``i``, ``j`` are the block indices.
+    """
+
+    def logits(
+        self, q_blk: Array, k_blk: Array, params: Any, aux: Any, i: Array, j: Array, *, t: bool
+    ) -> Array:
+        """Masked float logits ``[Z, R, s]``, or ``[Z, s, R]`` when ``t``; ``MASK_VALUE``
+        where masked."""
+        ...
+
+    def keep(self, aux: Any, i: Array, j: Array, *, t: bool) -> Array | None:
+        """Dropout's ``keep / (1 - rate)`` of block (i, j) in the logits' layout, or None."""
+        ...
+
+    def key_range(self, aux: Any, i: Array) -> tuple[Array, Array]:
+        """Key blocks ``[lo, hi)`` query block i can see (int32)."""
+        ...
+
+    def query_range(self, aux: Any, j: Array) -> tuple[Array, Array]:
+        """Query blocks ``[lo, hi)`` that can see key block j (int32)."""
+        ...
+
+    def grads(
+        self,
+        q_blk: Array,
+        k_blk: Array,
+        params: Any,
+        aux: Any,
+        i: Array,
+        j: Array,
+        d_logits_t: Array,
+        d_params: Any,
+    ) -> tuple[Array, Array, Any]:
+        """From ``dS^T [Z, s, R]``: (dq part ``[Z, R, .]``, dk part ``[Z, s, .]``, d_params
+        with this block's share added)."""
+        ...
+
+
+def initial_state(Z: int, R: int, D: int, dtype: Any) -> State:
+    """Rows that have seen nothing: m at MASK_VALUE (not -inf: masked logits equal it exactly,
+    so a row stays there until it meets a key it may attend; whatever it summed before that
+    is wiped by exp(MASK_VALUE - m_new) = 0 when it does)."""
+    return (
+        jnp.full((Z, R), MASK_VALUE, dtype),
+        jnp.zeros((Z, R), dtype),
+        jnp.zeros((Z, R, D), dtype),
+    )
+
+
+def fold(state: State, logits: Array, weighted_values: Any) -> State:
+    """Add one block of ``logits [Z, R, s]`` to the running state.
+
+    ``weighted_values(p)`` is the block's ``p @ V`` (after dropout), ``[Z, R, D]``.
+    """
+    m, l, acc = state
+    p = jnp.exp(jnp.minimum(logits - m[..., None], _REUSE_MAX_EXPONENT))
+    row_sum = jnp.sum(p, axis=-1)
+
+    def reuse_max(p: Array, logits: Array) -> State:
+        return m, l + row_sum, acc + weighted_values(p)
+
+    def new_max(p: Array, logits: Array) -> State:
+        # Online softmax (Dao et al. 2022, eq. (2)-(4); Alg. 1 lines 10-12): rescale the
+        # running sums by exp(m_old - m_new) when the running maximum grows.
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        p = jnp.exp(logits - m_new[..., None])
+        correction = jnp.exp(m - m_new)
+        pv = weighted_values(p)
+        return m_new, l * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + pv
+
+    fits = jnp.all(row_sum < math.exp(_REUSE_MAX_EXPONENT))  # False if one was clipped
+    return lax.cond(fits, reuse_max, new_max, p, logits)
+
+
+def finalize(state: State, dtype: Any) -> tuple[Array, Array]:
+    """``(out [Z, R, D] in dtype, lse [Z, R])``; an empty row gives zeros and MASK_VALUE."""
+    m, l, acc = state
+    live = m > MASK_VALUE
+    safe_l = jnp.where(live, l, 1.0)
+    out = jnp.where(live[..., None], acc / safe_l[..., None], 0.0)
+    return out.astype(dtype), jnp.where(live, m + jnp.log(safe_l), MASK_VALUE)
+
+
+def backward_lse(lse: Array) -> Array:
+    """The log-sum-exp the backward pass subtracts: an empty row's becomes 0, so that every
+    probability it recomputes is exp(MASK_VALUE - 0) = 0 exactly."""
+    return jnp.where(lse > MASK_VALUE, lse, 0.0)
+
+
+def block_backward(
+    logits_t: Array,
+    lse: Array,
+    delta: Array,
+    v_blk: Array,
+    do_blk: Array,
+    keep: Array | None,
+    precision: Any = None,
+) -> tuple[Array, Array]:
+    """One block of FlashAttention's backward (Alg. 2 lines 11-14), transposed.
+
+    ``logits_t [Z, s, R]``; ``lse`` and ``delta = rowsum(dO * O)`` ``[Z, R]`` (from
+    :func:`backward_lse`); ``v_blk [Z, s, D]``; ``do_blk [Z, R, D]``. Returns
+    ``(dS^T [Z, s, R], dV part [Z, s, D])``; ``dS`` is the gradient of the logits.
+    """
+    acc = logits_t.dtype
+    p = jnp.exp(logits_t - lse[:, None, :])  # P^T, line 11
+    d_p = _matmul("ZsD,ZrD->Zsr", v_blk, do_blk, precision, acc)  # dP^T = V dO^T, line 13
+    p_kept = p
+    if keep is not None:
+        p_kept, d_p = p * keep, d_p * keep
+    d_v = _matmul("Zsr,ZrD->ZsD", p_kept.astype(do_blk.dtype), do_blk, precision, acc)
+    return p * (d_p - delta[:, None, :]), d_v  # line 14
+
+
+def banded_key_range(
+    i: Array,
+    *,
+    bq: int,
+    bk: int,
+    nk: int,
+    is_causal: bool,
+    window: tuple[int, int] | None,
+    query_lengths: Array | None,
+    key_lengths: Array | None,
+) -> tuple[Array, Array]:
+    """Key blocks ``[lo, hi)`` that query block i can see under causal, window and lengths
+    (``bq`` / ``bk`` rows per query / key block, ``nk`` key blocks)."""
+    first = i * bq  # first and last query position of the block
+    last = first + bq - 1
+    lo, hi = jnp.int32(0), jnp.int32(nk)
+    if is_causal:
+        hi = jnp.minimum(hi, last // bk + 1)
+    if window is not None:
+        left, right = window
+        lo = jnp.maximum(lo, (first - left) // bk)
+        hi = jnp.minimum(hi, (last + right) // bk + 1)
+    if key_lengths is not None:
+        hi = jnp.minimum(hi, -(-jnp.max(key_lengths) // bk))
+    if query_lengths is not None:
+        hi = jnp.where(first < jnp.max(query_lengths), hi, lo)
+    return lo.astype(jnp.int32), jnp.maximum(hi, lo).astype(jnp.int32)
+
+
+def banded_query_range(
+    j: Array,
+    *,
+    bq: int,
+    bk: int,
+    nq: int,
+    is_causal: bool,
+    window: tuple[int, int] | None,
+    query_lengths: Array | None,
+    key_lengths: Array | None,
+) -> tuple[Array, Array]:
+    """Query blocks ``[lo, hi)`` that can see key block j (the transpose of the above)."""
+    first = j * bk
+    last = first + bk - 1
+    lo, hi = jnp.int32(0), jnp.int32(nq)
+    if is_causal:
+        lo = jnp.maximum(lo, first // bq)
+    if window is not None:
+        left, right = window
+        lo = jnp.maximum(lo, (first - right) // bq)
+        hi = jnp.minimum(hi, (last + left) // bq + 1)
+    if query_lengths is not None:
+        hi = jnp.minimum(hi, -(-jnp.max(query_lengths) // bq))
+    if key_lengths is not None:
+        hi = jnp.where(first < jnp.max(key_lengths), hi, lo)
+    return lo.astype(jnp.int32), jnp.maximum(hi, lo).astype(jnp.int32)
+
+
+def pad_axis(x: Array, axis: int, length: int) -> Array:
+    """``x`` padded with zeros along ``axis`` to ``length`` (whole blocks)."""
+    if x.shape[axis] == length:
+        return x
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, length - x.shape[axis])
+    return jnp.pad(x, pad)
+
+
+def blockwise(
+    score: BlockScore, q: Array, k: Array, v: Array, params: Any, aux: Any
+) -> tuple[Array, Array]:
+    """``(out [Q, Z, R, D] in v's dtype, lse [Q, Z, R])`` with a recomputing VJP.
+
+    ``q [Q, Z, R, .]``, ``k [P, Z, s, .]``, ``v [P, Z, s, D]``: the stacked blocks.
+    Gradients flow to q, k, v and ``params``; ``lse`` is returned under stop_gradient.
+    """
+    out, lse = _blockwise_vjp(score, q, k, v, params, aux)
+    return out, lax.stop_gradient(lse)
+
+
+# Every array is an explicit argument (none is closed over), so the rule composes with jit,
+# vmap and checkpoint.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _blockwise_vjp(score: BlockScore, q, k, v, params, aux) -> tuple[Array, Array]:
+    return _forward(score, q, k, v, params, aux)
+
+
+def _blockwise_fwd(score: BlockScore, q, k, v, params, aux):
+    out, lse = _forward(score, q, k, v, params, aux)
+    return (out, lse), (q, k, v, params, aux, out, lse)
+
+
+def _blockwise_bwd(score: BlockScore, residuals, cotangents):
+    q, k, v, params, aux, out, lse = residuals
+    d_out, _ = cotangents  # lse is returned under stop_gradient
+    grads = _backward(score, q, k, v, params, aux, out, lse, d_out)
+    return (*grads, jax.tree.map(lambda _: None, aux))
+
+
+_blockwise_vjp.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def _accumulator(dtype: Any) -> Any:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _matmul(spec: str, a: Array, b: Array, precision: Any, acc: Any) -> Array:
+    return jnp.einsum(spec, a, b, precision=precision, preferred_element_type=acc)
+
+
+def _forward(score: BlockScore, q, k, v, params, aux) -> tuple[Array, Array]:
+    """FlashAttention Alg. 1 (FlashAttention-2 loop order: query blocks outside)."""
+    _, Z, R, _ = q.shape
+    D = v.shape[-1]
+    acc = _accumulator(v.dtype)
+
+    def query_block(_, x):
+        i, q_blk = x
+        lo, hi = score.key_range(aux, i)
+
+        def key_block(step, state):
+            # Nearest keys first: with causal or local attention (and ALiBi-like biases)
+            # they tend to hold the largest logits, so m is set high early and reused.
+            j = hi - 1 - step
+            k_blk = lax.dynamic_index_in_dim(k, j, 0, keepdims=False)
+            v_blk = lax.dynamic_index_in_dim(v, j, 0, keepdims=False)
+            logits = score.logits(q_blk, k_blk, params, aux, i, j, t=False)
+            keep = score.keep(aux, i, j, t=False)
+
+            def weighted_values(p: Array) -> Array:
+                p = p if keep is None else p * keep
+                return _matmul("Zrs,ZsD->ZrD", p.astype(v_blk.dtype), v_blk, None, acc)
+
+            return fold(state, logits, weighted_values)
+
+        state = lax.fori_loop(0, hi - lo, key_block, initial_state(Z, R, D, acc))
+        return None, finalize(state, v.dtype)
+
+    nq = q.shape[0]
+    _, (out, lse) = lax.scan(query_block, None, (jnp.arange(nq, dtype=jnp.int32), q))
+    return out, lse
+
+
+def _backward(score: BlockScore, q, k, v, params, aux, out, lse, d_out) -> tuple:
+    """FlashAttention Alg. 2 (FlashAttention-2 order: key blocks outside, dq accumulated)."""
+    acc = _accumulator(v.dtype)
+    # D_i = rowsum(dO_i * O_i) (FlashAttention-2, sec. 3.1.2): equal to rowsum(dP_i * P_i),
+    # also with dropout, since O already holds the dropped weights.
+    delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)
+    lse = backward_lse(lse)
+
+    def key_block(carry, x):
+        dq, d_params = carry
+        j, k_blk, v_blk = x
+
+        def query_block(i, inner):
+            dq, d_params, dk, dv = inner
+            q_blk = lax.dynamic_index_in_dim(q, i, 0, keepdims=False)
+            do_blk = lax.dynamic_index_in_dim(d_out, i, 0, keepdims=False)
+            lse_blk = lax.dynamic_index_in_dim(lse, i, 0, keepdims=False)
+            delta_blk = lax.dynamic_index_in_dim(delta, i, 0, keepdims=False)
+            logits_t = score.logits(q_blk, k_blk, params, aux, i, j, t=True)
+            keep = score.keep(aux, i, j, t=True)
+            d_s, dv_part = block_backward(logits_t, lse_blk, delta_blk, v_blk, do_blk, keep)
+            dq_part, dk_part, d_params = score.grads(q_blk, k_blk, params, aux, i, j, d_s, d_params)
+            dq_blk = lax.dynamic_index_in_dim(dq, i, 0, keepdims=False) + dq_part
+            dq = lax.dynamic_update_index_in_dim(dq, dq_blk, i, 0)
+            return dq, d_params, dk + dk_part, dv + dv_part
+
+        lo, hi = score.query_range(aux, j)
+        init = (dq, d_params, jnp.zeros(k_blk.shape, acc), jnp.zeros(v_blk.shape, acc))
+        dq, d_params, dk, dv = lax.fori_loop(lo, hi, query_block, init)
+        return (dq, d_params), (dk.astype(k.dtype), dv.astype(v.dtype))
+
+    d_params0 = jax.tree.map(lambda x: jnp.zeros(x.shape, acc), params)
+    nk = k.shape[0]
+    (dq, d_params), (dk, dv) = lax.scan(
+        key_block,
+        (jnp.zeros(q.shape, acc), d_params0),
+        (jnp.arange(nk, dtype=jnp.int32), k, v),
+    )
+    d_params = jax.tree.map(lambda d, x: d.astype(x.dtype), d_params, params)
+    return dq.astype(q.dtype), dk, dv, d_params
