@@ -71,6 +71,10 @@ class BlockScore(Protocol):
     None), ``aux`` the non-differentiable ones; ``i``, ``j`` are the block indices.
     """
 
+    # Whether grads gives the query part transposed, [Z, ., R]: the dot product's
+    # dQ^T = K^T dS^T then reads both operands in place.
+    dq_transposed: bool
+
     def logits(
         self, q_blk: Array, k_blk: Array, params: Any, aux: Any, i: Array, j: Array, *, t: bool
     ) -> Array:
@@ -101,8 +105,8 @@ class BlockScore(Protocol):
         d_logits_t: Array,
         d_params: Any,
     ) -> tuple[Array, Array, Any]:
-        """From ``dS^T [Z, s, R]``: (dq part ``[Z, R, .]``, dk part ``[Z, s, .]``, d_params
-        with this block's share added)."""
+        """From ``dS^T [Z, s, R]``: (dq part ``[Z, R, .]`` (``[Z, ., R]`` if
+        ``dq_transposed``), dk part ``[Z, s, .]``, d_params with this block's share added)."""
         ...
 
 
@@ -355,11 +359,11 @@ def _backward(score: BlockScore, q, k, v, params, aux, out, lse, d_out) -> tuple
         return (dq, d_params), (dk.astype(k.dtype), dv.astype(v.dtype))
 
     d_params0 = jax.tree.map(lambda x: jnp.zeros(x.shape, acc), params)
+    dq0 = jnp.zeros(q.swapaxes(-1, -2).shape if score.dq_transposed else q.shape, acc)
     nk = k.shape[0]
     (dq, d_params), (dk, dv) = lax.scan(
-        key_block,
-        (jnp.zeros(q.shape, acc), d_params0),
-        (jnp.arange(nk, dtype=jnp.int32), k, v),
+        key_block, (dq0, d_params0), (jnp.arange(nk, dtype=jnp.int32), k, v)
     )
     d_params = jax.tree.map(lambda d, x: d.astype(x.dtype), d_params, params)
+    dq = dq.swapaxes(-1, -2) if score.dq_transposed else dq
     return dq.astype(q.dtype), dk, dv, d_params

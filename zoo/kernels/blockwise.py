@@ -279,14 +279,22 @@ def dot_block_scores(
 
 
 def dot_block_grads(
-    q_blk: Array, k_blk: Array, d_logits_t: Array, *, scale: float, precision: Any, acc: Any
+    q_blk: Array,
+    k_blk: Array,
+    d_logits_t: Array,
+    *,
+    scale: float,
+    precision: Any,
+    acc: Any,
+    dq_transposed: bool = False,
 ) -> tuple[Array, Array]:
     """``(dQ [Z, R, H], dK [Z, s, H])`` of one block from the logits' gradient ``[Z, s, R]``
-    (FlashAttention Alg. 2 lines 15-16)."""
+    (FlashAttention Alg. 2 lines 15-16); ``dQ^T [Z, H, R]`` when ``dq_transposed``, as
+    ``K^T dS^T``, which reads both operands in place."""
     d_s = (d_logits_t * jnp.asarray(scale, acc)).astype(q_blk.dtype)
-    dq = jnp.einsum("Zsr,ZsH->ZrH", d_s, k_blk, precision=precision, preferred_element_type=acc)
-    dk = jnp.einsum("Zsr,ZrH->ZsH", d_s, q_blk, precision=precision, preferred_element_type=acc)
-    return dq, dk
+    ein = functools.partial(jnp.einsum, precision=precision, preferred_element_type=acc)
+    dq = ein("ZsH,Zsr->ZHr", k_blk, d_s) if dq_transposed else ein("Zsr,ZsH->ZrH", d_s, k_blk)
+    return dq, ein("Zsr,ZrH->ZsH", d_s, q_blk)
 
 
 @jax.tree_util.register_dataclass
@@ -320,6 +328,7 @@ class _DotScore:
     nk: int  # key blocks
     dtype: Any  # of the inputs
     options: _call.Options
+    dq_transposed: bool = True
 
     @property
     def acc(self) -> Any:
@@ -386,7 +395,13 @@ class _DotScore:
             d_bias = self._accumulate_bias_grad(d_bias, self._unrows_t(d_logits_t), i, j)
         o = self.options
         dq, dk = dot_block_grads(
-            q_blk, k_blk, d_logits_t, scale=o.scale, precision=o.precision, acc=self.acc
+            q_blk,
+            k_blk,
+            d_logits_t,
+            scale=o.scale,
+            precision=o.precision,
+            acc=self.acc,
+            dq_transposed=True,
         )
         return dq, dk, d_bias
 

@@ -104,6 +104,7 @@ class _AdditiveScore:
     bs: int  # key rows per block
     nq: int
     nk: int
+    dq_transposed: bool = False
 
     @staticmethod
     def _hidden_t(pq_blk: Array, pk_blk: Array) -> Array:
