@@ -1,17 +1,47 @@
-# The README's commands. Each target creates .venv and installs what it needs by itself.
-PYTHON ?= python3
+# The README's commands. Each target creates its virtual environment and installs what it
+# needs by itself: .venv holds the newest supported versions (Python 3.12, constraints.txt),
+# .venv-py311 the oldest (Python 3.11, jax 0.10.2, constraints-py311.txt) and the PyTorch
+# peers of the benchmarks, whose CPU wheel installs offline for Python 3.11 only.
 VENV := .venv
 PY := $(VENV)/bin/python
+VENV_OLD := .venv-py311
+PY_OLD := $(VENV_OLD)/bin/python
 # Re-install whenever the dependency list or the pins change.
 STAMP := $(VENV)/.installed
+STAMP_OLD := $(VENV_OLD)/.installed
+STAMP_BENCH := $(VENV_OLD)/.installed-bench
 
-.PHONY: demo kernel-demo figures test test-slow lint bench results clean
+# The interpreter of version $(1) (e.g. 3.12): python3.12 on PATH if it runs (a pyenv shim of a
+# version that is not selected does not), else the newest pyenv installation of it.
+comma := ,
+find_python = $(shell for p in python$(1) $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -rV); do "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(1))))' >/dev/null 2>&1 && { command -v "$$p"; break; }; done)
+PYTHON ?= $(call find_python,3.12)
+PYTHON_OLD ?= $(call find_python,3.11)
+
+# $(call venv,VENV,PYTHON,VERSION,NAME): (re)create VENV with PYTHON, the value of variable NAME,
+# unless VENV already runs that Python; stop with a clear message when there is no such interpreter.
+define venv
+@test -n "$(2)" || { echo "error: Python $(3) not found: neither python$(3) on PATH nor a pyenv installation ($${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(3).*). Install it (e.g. pyenv install $(3)) or name it: make $(MAKECMDGOALS) $(4)=/path/to/python$(3)" >&2; exit 1; }
+@[ "$$($(1)/bin/python -c 'import sys; print(sys.version_info[:2])' 2>/dev/null)" = "$$($(2) -c 'import sys; print(sys.version_info[:2])')" ] || $(2) -m venv --clear $(1)
+$(1)/bin/python -m pip install --quiet --upgrade pip
+endef
+
+.PHONY: demo kernel-demo figures test test-slow test-oldest lint bench results clean
 
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(call venv,$(VENV),$(PYTHON),3.12,PYTHON)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[experiments,dev]'
 	touch $(STAMP)
+
+# The oldest supported versions: the package and the test tools, without the runner.
+$(STAMP_OLD): pyproject.toml constraints-py311.txt
+	$(call venv,$(VENV_OLD),$(PYTHON_OLD),3.11,PYTHON_OLD)
+	$(PY_OLD) -m pip install --quiet -c constraints-py311.txt -e '.[dev]'
+	touch $(STAMP_OLD)
+
+$(STAMP_BENCH): $(STAMP_OLD)
+	$(PY_OLD) -m pip install --quiet -c constraints-py311.txt -e '.[experiments,dev,bench]'
+	touch $(STAMP_BENCH)
 
 # The main job: RNNsearch on the offline English-Spanish data, tiny preset (~10 min on 2 cores).
 # Run again, it resumes (or, when finished, re-evaluates) the same run.
@@ -32,7 +62,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# The test suite, lint included (~10 min on 2 cores). CI runs this, then test-slow.
+# The test suite, lint included (~10 min on 2 cores). CI runs this, then test-slow and
+# test-oldest.
 test: lint
 	$(PY) -m pytest -n 2 -m "not slow"
 
@@ -40,11 +71,15 @@ test: lint
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 -m slow
 
-# A quick kernel benchmark against jax.nn and PyTorch SDPA (installs the bench extra).
-# The full sweep: $(PY) -m benchmarks.kernels --mode full; issue-6 targets: --mode targets.
-bench: $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
-	$(PY) -m benchmarks.kernels --mode quick
+# The kernel and layer tests on the oldest supported versions (Python 3.11, jax 0.10.2).
+test-oldest: $(STAMP_OLD)
+	$(PY_OLD) -m pytest -n 2 tests/kernels tests/nn
+
+# A quick kernel benchmark against jax.nn and PyTorch SDPA, in the Python 3.11 environment
+# (installs the bench extra there). The full sweep: $(PY_OLD) -m benchmarks.kernels --mode
+# full; issue-6 targets: --mode targets.
+bench: $(STAMP_BENCH)
+	$(PY_OLD) -m benchmarks.kernels --mode quick
 
 # benchmarks/RESULTS.md from the benchmarks' results.json files: the issues' targets met or
 # missed, the tables, plots and machines. Runs no benchmark and needs no torch.
@@ -52,4 +87,4 @@ results: $(STAMP)
 	$(PY) -m benchmarks.report
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_OLD) runs .pytest_cache .mypy_cache .ruff_cache

