@@ -71,15 +71,20 @@ class BlockScore(Protocol):
     None), ``aux`` the non-differentiable ones; ``i``, ``j`` are the block indices.
     """
 
-    # Whether grads gives the query part transposed, [Z, ., R]: the dot product's
-    # dQ^T = K^T dS^T then reads both operands in place.
-    dq_transposed: bool
+    @property
+    def dq_transposed(self) -> bool:
+        """Whether ``grads`` takes the key block transposed, ``[Z, ., s]``, and gives the
+        query part transposed, ``[Z, ., R]``: the dot product's ``dQ^T = K^T dS^T`` then
+        reads both operands in place."""
+        ...
 
-    def logits(
-        self, q_blk: Array, k_blk: Array, params: Any, aux: Any, i: Array, j: Array, *, t: bool
-    ) -> Array:
-        """Masked float logits ``[Z, R, s]``, or ``[Z, s, R]`` when ``t``; ``MASK_VALUE``
-        where masked."""
+    def scores(self, q_blk: Array, k_blk: Array, params: Any, *, t: bool) -> Array:
+        """The block's raw scores (its products), ``[Z, R, s]``, or ``[Z, s, R]`` when ``t``."""
+        ...
+
+    def logits(self, scores: Array, params: Any, aux: Any, i: Array, j: Array, *, t: bool) -> Array:
+        """The scores finished elementwise (scaled, bias, masked entries at ``MASK_VALUE``):
+        XLA fuses it into whatever reads the logits, so they are never stored."""
         ...
 
     def keep(self, aux: Any, i: Array, j: Array, *, t: bool) -> Array | None:
@@ -105,8 +110,9 @@ class BlockScore(Protocol):
         d_logits_t: Array,
         d_params: Any,
     ) -> tuple[Array, Array, Any]:
-        """From ``dS^T [Z, s, R]``: (dq part ``[Z, R, .]`` (``[Z, ., R]`` if
-        ``dq_transposed``), dk part ``[Z, s, .]``, d_params with this block's share added)."""
+        """From ``dS^T [Z, s, R]``: (dq part ``[Z, R, .]``, dk part ``[Z, s, .]``, d_params
+        with this block's share added). With ``dq_transposed``, ``k_blk`` is the key block
+        transposed, ``[Z, ., s]``, and the dq part is ``[Z, ., R]``."""
         ...
 
 
@@ -121,19 +127,22 @@ def initial_state(Z: int, R: int, D: int, dtype: Any) -> State:
     )
 
 
-def fold(state: State, logits: Array, weighted_values: Any) -> State:
-    """Add one block of ``logits [Z, R, s]`` to the running state.
+def fold(state: State, scores: Array, to_logits: Any, weighted_values: Any) -> State:
+    """Add one block to the running state.
 
-    ``weighted_values(p)`` is the block's ``p @ V`` (after dropout), ``[Z, R, D]``.
+    ``to_logits(scores)`` is the block's logits ``[Z, R, s]``, elementwise in ``scores``
+    (so it is recomputed where needed rather than stored); ``weighted_values(p)`` is the
+    block's ``p @ V`` (after dropout), ``[Z, R, D]``.
     """
     m, l, acc = state
-    p = jnp.exp(jnp.minimum(logits - m[..., None], _REUSE_MAX_EXPONENT))
+    p = jnp.exp(jnp.minimum(to_logits(scores) - m[..., None], _REUSE_MAX_EXPONENT))
     row_sum = jnp.sum(p, axis=-1)
 
-    def reuse_max(p: Array, logits: Array) -> State:
+    def reuse_max(p: Array, scores: Array) -> State:
         return m, l + row_sum, acc + weighted_values(p)
 
-    def new_max(p: Array, logits: Array) -> State:
+    def new_max(p: Array, scores: Array) -> State:
+        logits = to_logits(scores)
         # Online softmax (Dao et al. 2022, eq. (2)-(4); Alg. 1 lines 10-12): rescale the
         # running sums by exp(m_old - m_new) when the running maximum grows.
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
@@ -143,7 +152,7 @@ def fold(state: State, logits: Array, weighted_values: Any) -> State:
         return m_new, l * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + pv
 
     fits = jnp.all(row_sum < math.exp(_REUSE_MAX_EXPONENT))  # False if one was clipped
-    return lax.cond(fits, reuse_max, new_max, p, logits)
+    return lax.cond(fits, reuse_max, new_max, p, scores)
 
 
 def finalize(state: State, dtype: Any) -> tuple[Array, Array]:
@@ -310,14 +319,17 @@ def _forward(score: BlockScore, q, k, v, params, aux) -> tuple[Array, Array]:
             j = hi - 1 - step
             k_blk = lax.dynamic_index_in_dim(k, j, 0, keepdims=False)
             v_blk = lax.dynamic_index_in_dim(v, j, 0, keepdims=False)
-            logits = score.logits(q_blk, k_blk, params, aux, i, j, t=False)
+            scores = score.scores(q_blk, k_blk, params, t=False)
             keep = score.keep(aux, i, j, t=False)
 
             def weighted_values(p: Array) -> Array:
                 p = p if keep is None else p * keep
                 return _matmul("Zrs,ZsD->ZrD", p.astype(v_blk.dtype), v_blk, None, acc)
 
-            return fold(state, logits, weighted_values)
+            def to_logits(scores: Array) -> Array:
+                return score.logits(scores, params, aux, i, j, t=False)
+
+            return fold(state, scores, to_logits, weighted_values)
 
         state = lax.fori_loop(0, hi - lo, key_block, initial_state(Z, R, D, acc))
         return None, finalize(state, v.dtype)
@@ -337,7 +349,7 @@ def _backward(score: BlockScore, q, k, v, params, aux, out, lse, d_out) -> tuple
 
     def key_block(carry, x):
         dq, d_params = carry
-        j, k_blk, v_blk = x
+        j, k_blk, k_grad_blk, v_blk = x
 
         def query_block(i, inner):
             dq, d_params, dk, dv = inner
@@ -345,10 +357,13 @@ def _backward(score: BlockScore, q, k, v, params, aux, out, lse, d_out) -> tuple
             do_blk = lax.dynamic_index_in_dim(d_out, i, 0, keepdims=False)
             lse_blk = lax.dynamic_index_in_dim(lse, i, 0, keepdims=False)
             delta_blk = lax.dynamic_index_in_dim(delta, i, 0, keepdims=False)
-            logits_t = score.logits(q_blk, k_blk, params, aux, i, j, t=True)
+            scores_t = score.scores(q_blk, k_blk, params, t=True)
+            logits_t = score.logits(scores_t, params, aux, i, j, t=True)
             keep = score.keep(aux, i, j, t=True)
             d_s, dv_part = block_backward(logits_t, lse_blk, delta_blk, v_blk, do_blk, keep)
-            dq_part, dk_part, d_params = score.grads(q_blk, k_blk, params, aux, i, j, d_s, d_params)
+            dq_part, dk_part, d_params = score.grads(
+                q_blk, k_grad_blk, params, aux, i, j, d_s, d_params
+            )
             dq_blk = lax.dynamic_index_in_dim(dq, i, 0, keepdims=False) + dq_part
             dq = lax.dynamic_update_index_in_dim(dq, dq_blk, i, 0)
             return dq, d_params, dk + dk_part, dv + dv_part
@@ -360,9 +375,10 @@ def _backward(score: BlockScore, q, k, v, params, aux, out, lse, d_out) -> tuple
 
     d_params0 = jax.tree.map(lambda x: jnp.zeros(x.shape, acc), params)
     dq0 = jnp.zeros(q.swapaxes(-1, -2).shape if score.dq_transposed else q.shape, acc)
+    k_grad = k.swapaxes(-1, -2) if score.dq_transposed else k  # transposed once, not per block
     nk = k.shape[0]
     (dq, d_params), (dk, dv) = lax.scan(
-        key_block, (dq0, d_params0), (jnp.arange(nk, dtype=jnp.int32), k, v)
+        key_block, (dq0, d_params0), (jnp.arange(nk, dtype=jnp.int32), k, k_grad, v)
     )
     d_params = jax.tree.map(lambda d, x: d.astype(x.dtype), d_params, params)
     dq = dq.swapaxes(-1, -2) if score.dq_transposed else dq

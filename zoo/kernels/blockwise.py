@@ -262,20 +262,13 @@ def block_rows(x: Array, shape: tuple[int, int, int, int, int], *, t: bool) -> A
     return x.reshape(B * K, G * bq, bk)
 
 
-def dot_block_scores(
-    q_blk: Array, k_blk: Array, *, scale: float, precision: Any, acc: Any, t: bool
-) -> Array:
-    """Scaled ``Q K^T`` of one block, ``[Z, R, s]`` (``[Z, s, R]`` when ``t``), in ``acc``."""
+def dot_block_scores(q_blk: Array, k_blk: Array, *, precision: Any, acc: Any, t: bool) -> Array:
+    """``Q K^T`` of one block, ``[Z, R, s]`` (``[Z, s, R]`` when ``t``), in ``acc``."""
     if t:
-        scores = jnp.einsum(
+        return jnp.einsum(
             "ZsH,ZrH->Zsr", k_blk, q_blk, precision=precision, preferred_element_type=acc
         )
-    else:
-        scores = jnp.einsum(
-            "ZrH,ZsH->Zrs", q_blk, k_blk, precision=precision, preferred_element_type=acc
-        )
-    # Scale after the product, as the reference does, so rounding matches it.
-    return scores * jnp.asarray(scale, acc)
+    return jnp.einsum("ZrH,ZsH->Zrs", q_blk, k_blk, precision=precision, preferred_element_type=acc)
 
 
 def dot_block_grads(
@@ -289,12 +282,14 @@ def dot_block_grads(
     dq_transposed: bool = False,
 ) -> tuple[Array, Array]:
     """``(dQ [Z, R, H], dK [Z, s, H])`` of one block from the logits' gradient ``[Z, s, R]``
-    (FlashAttention Alg. 2 lines 15-16); ``dQ^T [Z, H, R]`` when ``dq_transposed``, as
-    ``K^T dS^T``, which reads both operands in place."""
+    (FlashAttention Alg. 2 lines 15-16). When ``dq_transposed``, ``k_blk`` is the key block
+    transposed, ``[Z, H, s]``, and dQ comes as ``dQ^T = K^T dS^T`` ``[Z, H, R]``: both
+    operands are then read in place."""
     d_s = (d_logits_t * jnp.asarray(scale, acc)).astype(q_blk.dtype)
     ein = functools.partial(jnp.einsum, precision=precision, preferred_element_type=acc)
-    dq = ein("ZsH,Zsr->ZHr", k_blk, d_s) if dq_transposed else ein("Zsr,ZsH->ZrH", d_s, k_blk)
-    return dq, ein("Zsr,ZrH->ZsH", d_s, q_blk)
+    if dq_transposed:
+        return ein("ZHs,Zsr->ZHr", k_blk, d_s), ein("Zsr,ZrH->ZsH", d_s, q_blk)
+    return ein("Zsr,ZsH->ZrH", d_s, k_blk), ein("Zsr,ZrH->ZsH", d_s, q_blk)
 
 
 @jax.tree_util.register_dataclass
@@ -338,11 +333,13 @@ class _DotScore:
     def _shape(self) -> tuple[int, int, int, int, int]:
         return (self.B, self.K, self.G, self.bq, self.bk)
 
-    def logits(self, q_blk, k_blk, bias, aux: _Aux, i, j, *, t: bool) -> Array:
+    def scores(self, q_blk, k_blk, bias, *, t: bool) -> Array:
         o = self.options
-        logits = dot_block_scores(
-            q_blk, k_blk, scale=o.scale, precision=o.precision, acc=self.acc, t=t
-        )
+        return dot_block_scores(q_blk, k_blk, precision=o.precision, acc=self.acc, t=t)
+
+    def logits(self, scores, bias, aux: _Aux, i, j, *, t: bool) -> Array:
+        # Scale after the product, as the reference does, so rounding matches it.
+        logits = scores * jnp.asarray(self.options.scale, self.acc)
         if bias is not None:
             bias = self._slice_block(bias, i, j).astype(self.acc)
             # A -inf bias is masked like a masked entry: its row may end up empty, not NaN.

@@ -112,13 +112,14 @@ class _AdditiveScore:
         ``[B, s, t, A]``."""
         return jnp.tanh(pk_blk[:, :, None, :] + pq_blk[:, None, :, :])
 
-    def logits(self, pq_blk, pk_blk, v, mask, i, j, *, t: bool) -> Array:
+    def scores(self, pq_blk, pk_blk, v, *, t: bool) -> Array:
         if t:
             hidden = self._hidden_t(pq_blk, pk_blk)
-            scores = jnp.einsum("BstA,A->Bst", hidden, v, preferred_element_type=jnp.float32)
-        else:
-            hidden = jnp.tanh(pq_blk[:, :, None, :] + pk_blk[:, None, :, :])
-            scores = jnp.einsum("BtsA,A->Bts", hidden, v, preferred_element_type=jnp.float32)
+            return jnp.einsum("BstA,A->Bst", hidden, v, preferred_element_type=jnp.float32)
+        hidden = jnp.tanh(pq_blk[:, :, None, :] + pk_blk[:, None, :, :])
+        return jnp.einsum("BtsA,A->Bts", hidden, v, preferred_element_type=jnp.float32)
+
+    def logits(self, scores, v, mask, i, j, *, t: bool) -> Array:
         keep = self._block_mask(mask, i, j)
         if keep is None:
             return scores

@@ -487,11 +487,16 @@ def _from_key_rows(x: Array, b: int) -> Array:
     return x.reshape(b, z // b, s, d).transpose(0, 2, 1, 3)
 
 
-def _mask_rows(
-    config: _RingConfig, mask: Array | None, shape: tuple[int, int, int, int, int], t: bool
-) -> Array | None:
+def _mask_rows(mask: Array | None, shape: tuple[int, int, int, int, int], t: bool) -> Array | None:
     """A chunk pair's ``[b|1, tc, sc]`` mask in the rows layout (None stays None)."""
     return None if mask is None else block_rows(mask[:, None, None], shape, t=t)
+
+
+def _logits(config: _RingConfig, scores: Array, mask_rows: Array | None) -> Array:
+    """Scaled scores, masked entries at MASK_VALUE (the blockwise kernel's score, no bias)."""
+    # Scale after the product, as the reference does, so rounding matches it.
+    logits = scores * jnp.asarray(config.scale, scores.dtype)
+    return logits if mask_rows is None else jnp.where(mask_rows, logits, masks_lib.MASK_VALUE)
 
 
 def _forward_on_device(
@@ -531,17 +536,13 @@ def _forward_on_device(
                 shape = (b, k_heads, g, tc, k_c.shape[1])
 
                 def step(state: Any, k_c=k_c, v_c=v_c, mask=mask, shape=shape, i=i) -> Any:
-                    logits = dot_block_scores(
-                        q_rows[i],
-                        k_c,
-                        scale=config.scale,
-                        precision=config.precision,
-                        acc=acc,
-                        t=False,
+                    scores = dot_block_scores(
+                        q_rows[i], k_c, precision=config.precision, acc=acc, t=False
                     )
-                    rows = _mask_rows(config, mask, shape, t=False)
-                    if rows is not None:
-                        logits = jnp.where(rows, logits, masks_lib.MASK_VALUE)
+                    rows = _mask_rows(mask, shape, t=False)
+
+                    def to_logits(scores: Array) -> Array:
+                        return _logits(config, scores, rows)
 
                     def weighted_values(p: Array) -> Array:
                         return jnp.einsum(
@@ -552,7 +553,7 @@ def _forward_on_device(
                             preferred_element_type=acc,
                         )
 
-                    return _online.fold(state, logits, weighted_values)
+                    return _online.fold(state, scores, to_logits, weighted_values)
 
                 state = _unless_all_masked(mask, step, state)
             new.append(state)
@@ -630,17 +631,10 @@ def _backward_on_device(
 
                 def step(grads: Any, k_c=k_c, v_c=v_c, mask=mask, shape=shape, i=i) -> Any:
                     dq_i, dk_c, dv_c = grads
-                    logits_t = dot_block_scores(
-                        q_rows[i],
-                        k_c,
-                        scale=config.scale,
-                        precision=config.precision,
-                        acc=acc,
-                        t=True,
+                    scores_t = dot_block_scores(
+                        q_rows[i], k_c, precision=config.precision, acc=acc, t=True
                     )
-                    rows = _mask_rows(config, mask, shape, t=True)
-                    if rows is not None:
-                        logits_t = jnp.where(rows, logits_t, masks_lib.MASK_VALUE)
+                    logits_t = _logits(config, scores_t, _mask_rows(mask, shape, t=True))
                     d_s, dv_part = _online.block_backward(
                         logits_t, lse_rows[i], delta[i], v_c, do_rows[i], None, config.precision
                     )
