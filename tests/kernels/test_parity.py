@@ -2,7 +2,7 @@
 
 Kernels: ``KERNELS["reference"]``; ``KERNELS["blockwise"]`` with 4 x 3 blocks, which divide
 neither T = 13 nor S = 11 (a partial last block on both sides); ``ring_attention`` on a
-one-device mesh, for the options it takes (no mask, bias, dropout or residual). N = 6 query
+one-device mesh, for the options it takes (no mask, bias or dropout). N = 6 query
 heads over K in {1, 2, 3, 6} key/value heads: MQA, G = 3, G = 2, MHA. Every case compares the
 output, the log-sum-exp residual and the gradients of q, k, v and bias (summed to the bias's
 own broadcast shape) with tests/kernels/reference.py, whose backward is derived by hand.
@@ -32,8 +32,8 @@ from zoo.kernels import ring_attention
 B, T, S, N, H = 2, 13, 11, 6, 5
 BLOCKS = {"query_block_size": 4, "key_value_block_size": 3}
 KERNEL_NAMES = ("reference", "blockwise", "ring")
-# What ring_attention cannot take (each would need T x S memory) or does not return.
-RING_REFUSES = ("bias", "mask", "dropout_rate", "return_residual")
+# What ring_attention cannot take: each would need T x S memory.
+RING_REFUSES = ("bias", "mask", "dropout_rate")
 ATOL, RTOL = 2e-5, 2e-5  # float32 values and log-sum-exp against float64
 GRAD_ATOL, GRAD_RTOL = 5e-5, 5e-5
 # Unoptimized machine code: the same numbers, compiled several times faster (module docstring).
@@ -191,7 +191,7 @@ CASES = _cases()
 def _supports(kernel, case):
     if kernel != "ring":
         return True
-    return len(case.get("batch", (B,))) < 2 and not any(name in case for name in RING_REFUSES)
+    return not any(name in case for name in RING_REFUSES)
 
 
 PARAMS = [(k, c) for k in KERNEL_NAMES for c in CASES if _supports(k, CASES[c])]
@@ -237,7 +237,7 @@ def _value_and_grads(kernel, static, residual):
 def _results(kernel_name):
     """Every supported case of one kernel: (out, lse, grads), or the exception it raised."""
     kernel = _kernel(kernel_name)
-    residual = {} if kernel_name == "ring" else {"return_residual": True}
+    residual = {"return_residual": True}
     results, fns, args = {}, {}, {}
     for case in CASES:
         if not _supports(kernel_name, CASES[case]):
@@ -262,7 +262,7 @@ def _expected(case):
     return reference.attention_call(q, k, v, d_out, **kwargs)
 
 
-def _check(got, want, *, bias_shape, residual=True):
+def _check(got, want, *, bias_shape):
     out, lse, grads = got
     assert out.shape == want["out"].shape and out.dtype == np.float32
     live = want["live"]
@@ -275,12 +275,11 @@ def _check(got, want, *, bias_shape, residual=True):
         assert np.isfinite(g).all(), name
         assert g.shape == (bias_shape if name == "dbias" else want[name].shape), name
         np.testing.assert_allclose(g, want[name], atol=GRAD_ATOL, rtol=GRAD_RTOL, err_msg=name)
-    if residual:
-        assert lse.shape == live.shape and lse.dtype == np.float32
-        np.testing.assert_allclose(lse[live], want["lse"][live], atol=ATOL, rtol=RTOL)
-        # No inf anywhere: a row with nothing to attend has a finite, very negative lse.
-        assert np.isfinite(lse).all()
-        assert (lse[~live] < -1e3).all(), lse[~live]
+    assert lse.shape == live.shape and lse.dtype == np.float32
+    np.testing.assert_allclose(lse[live], want["lse"][live], atol=ATOL, rtol=RTOL)
+    # No inf anywhere: a row with nothing to attend has a finite, very negative lse.
+    assert np.isfinite(lse).all()
+    assert (lse[~live] < -1e3).all(), lse[~live]
 
 
 @pytest.mark.parametrize("kernel,case", PARAMS)
@@ -289,7 +288,7 @@ def test_values_residual_and_gradients_match_float64_reference(kernel, case):
     if isinstance(got, Exception):
         raise got
     bias = CASES[case].get("bias")
-    _check(got, _expected(case), bias_shape=np.shape(bias), residual=kernel != "ring")
+    _check(got, _expected(case), bias_shape=np.shape(bias))
 
 
 def test_the_cases_cover_dead_rows_every_gqa_ratio_and_batch_rank():
@@ -326,7 +325,7 @@ K_PROP = 2
 
 @functools.cache
 def _property_fn(kernel_name):
-    residual = {} if kernel_name == "ring" else {"return_residual": True}
+    residual = {"return_residual": True}
     return _jit(_value_and_grads(_kernel(kernel_name), {}, residual))
 
 

@@ -78,6 +78,11 @@ class BlockScore(Protocol):
         reads both operands in place."""
         ...
 
+    @property
+    def precision(self) -> Any:
+        """Of the engine's products with values (``P V``, ``dO V^T``, ``P^T dO``)."""
+        ...
+
     def scores(self, q_blk: Array, k_blk: Array, params: Any, *, t: bool) -> Array:
         """The block's raw scores (its products), ``[Z, R, s]``, or ``[Z, s, R]`` when ``t``."""
         ...
@@ -324,7 +329,7 @@ def _forward(score: BlockScore, q, k, v, params, aux) -> tuple[Array, Array]:
 
             def weighted_values(p: Array) -> Array:
                 p = p if keep is None else p * keep
-                return _matmul("Zrs,ZsD->ZrD", p.astype(v_blk.dtype), v_blk, None, acc)
+                return _matmul("Zrs,ZsD->ZrD", p.astype(v_blk.dtype), v_blk, score.precision, acc)
 
             def to_logits(scores: Array) -> Array:
                 return score.logits(scores, params, aux, i, j, t=False)
@@ -360,7 +365,9 @@ def _backward(score: BlockScore, q, k, v, params, aux, out, lse, d_out) -> tuple
             scores_t = score.scores(q_blk, k_blk, params, t=True)
             logits_t = score.logits(scores_t, params, aux, i, j, t=True)
             keep = score.keep(aux, i, j, t=True)
-            d_s, dv_part = block_backward(logits_t, lse_blk, delta_blk, v_blk, do_blk, keep)
+            d_s, dv_part = block_backward(
+                logits_t, lse_blk, delta_blk, v_blk, do_blk, keep, score.precision
+            )
             dq_part, dk_part, d_params = score.grads(
                 q_blk, k_grad_blk, params, aux, i, j, d_s, d_params
             )

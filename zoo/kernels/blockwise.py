@@ -330,6 +330,10 @@ class _DotScore:
         return jnp.promote_types(self.dtype, jnp.float32)
 
     @property
+    def precision(self) -> Any:
+        return self.options.precision
+
+    @property
     def _shape(self) -> tuple[int, int, int, int, int]:
         return (self.B, self.K, self.G, self.bq, self.bk)
 

@@ -105,6 +105,7 @@ class _AdditiveScore:
     nq: int
     nk: int
     dq_transposed: bool = False
+    precision: None = None  # the einsums' default, as additive_attention's
 
     @staticmethod
     def _hidden_t(pq_blk: Array, pk_blk: Array) -> Array:
