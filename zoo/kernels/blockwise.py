@@ -366,25 +366,17 @@ class _DotScore:
         return self._rows(keep.astype(self.acc) / jnp.asarray(1.0 - rate, self.acc), t)
 
     def key_range(self, aux: _Aux, i) -> tuple[Array, Array]:
-        o = self.options
-        return _online.banded_key_range(
-            i,
-            bq=self.bq,
-            bk=self.bk,
-            nk=self.nk,
-            is_causal=o.is_causal,
-            window=o.window,
-            query_lengths=aux.q_lengths,
-            key_lengths=aux.kv_lengths,
-        )
+        return _online.banded_key_range(i, nk=self.nk, **self._band(aux))
 
     def query_range(self, aux: _Aux, j) -> tuple[Array, Array]:
+        return _online.banded_query_range(j, nq=self.nq, **self._band(aux))
+
+    def _band(self, aux: _Aux) -> dict[str, Any]:
+        """What decides which blocks are empty: block sizes, causal, window, lengths."""
         o = self.options
-        return _online.banded_query_range(
-            j,
+        return dict(
             bq=self.bq,
             bk=self.bk,
-            nq=self.nq,
             is_causal=o.is_causal,
             window=o.window,
             query_lengths=aux.q_lengths,
