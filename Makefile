@@ -30,7 +30,7 @@ endef
 
 $(STAMP): pyproject.toml constraints.txt
 	$(call venv,$(VENV),$(PYTHON),3.12,PYTHON)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[experiments,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[experiments,accelerators,dev]'
 	touch $(STAMP)
 
 # The oldest supported versions: the package and the test tools, without the runner.

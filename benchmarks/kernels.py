@@ -1,4 +1,4 @@
-"""Attention kernel benchmark: the zoo's kernels against jax.nn, flax.nnx and torch SDPA.
+"""Attention kernel benchmark: the zoo's kernels against jax.nn, flax.nnx, tokamax and torch SDPA.
 
     python -m benchmarks.kernels --mode quick   # `make bench`: a few minutes
     python -m benchmarks.kernels --mode full    # the whole sweep (about two hours)
@@ -34,7 +34,14 @@ from typing import Any
 
 from benchmarks.timing import machine_info, save_results, spawn
 
-IMPLEMENTATIONS = ("zoo.blockwise", "zoo.reference", "jax.nn", "flax.nnx", "torch.sdpa")
+IMPLEMENTATIONS = (
+    "zoo.blockwise",
+    "zoo.reference",
+    "jax.nn",
+    "flax.nnx",
+    "tokamax.xla_chunked",
+    "torch.sdpa",
+)
 # Implementations that materialize the [B, N, T, S] scores (and, with gradients, several
 # arrays of that size): skipped when that would not fit comfortably next to other work.
 MATERIALIZING = ("zoo.reference", "jax.nn", "flax.nnx")
@@ -193,7 +200,19 @@ def _jax_attention(case: Case, impl: str):
     if impl == "zoo.reference":
         from zoo.kernels.dot_product import dot_product_attention
 
-        return lambda q, k, v: dot_product_attention(q, k, v, is_causal=causal)
+        return lambda q, k, v: dot_product_attention(
+            q, k, v, is_causal=causal, implementation="reference"
+        )
+    if impl == "tokamax.xla_chunked":
+        import tokamax
+        from absl import flags
+
+        # tokamax 0.0.12 (the release for jax 0.10) parses sys.argv as its own flags the
+        # first time it reads one, and fails on this worker's; nothing here uses absl flags.
+        flags.FLAGS.mark_as_parsed()
+        return lambda q, k, v: tokamax.dot_product_attention(
+            q, k, v, is_causal=causal, implementation="xla_chunked"
+        )
     if impl == "jax.nn":
         return lambda q, k, v: jax.nn.dot_product_attention(
             q, k, v, is_causal=causal, implementation="xla"
@@ -424,8 +443,12 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     wanted = [i for i in IMPLEMENTATIONS if any(i in e["impls"] for e in results["cases"])]
-    lines.append("| case | matmul GFLOP/s | " + " | ".join(wanted) + " | blockwise / torch |")
-    lines.append("|---" * (len(wanted) + 3) + "|")
+    lines.append(
+        "| case | matmul GFLOP/s | "
+        + " | ".join(wanted)
+        + " | blockwise / torch | blockwise / tokamax |"
+    )
+    lines.append("|---" * (len(wanted) + 4) + "|")
     for entry in results["cases"]:
         case = Case(**entry["case"])
         matmul = entry.get("matmul_gflops", {})
@@ -454,10 +477,15 @@ def markdown(results: dict[str, Any]) -> str:
             if "error" in r:
                 text.append(r["error"][:40])
             cells.append("<br>".join(text))
-        ours, torch = _rate(entry, "zoo.blockwise"), _rate(entry, "torch.sdpa")
-        ratio = f"{ours / torch:.2f}x" if ours and torch else ""
+        ours = _rate(entry, "zoo.blockwise")
+        ratios = [
+            f"{ours / peer:.2f}x" if ours and peer else ""
+            for peer in (_rate(entry, "torch.sdpa"), _rate(entry, "tokamax.xla_chunked"))
+        ]
         matmul_text = f"{best:.0f}" if best else ""
-        lines.append(f"| {case.name} | {matmul_text} | " + " | ".join(cells) + f" | {ratio} |")
+        lines.append(
+            f"| {case.name} | {matmul_text} | " + " | ".join(cells) + f" | {' | '.join(ratios)} |"
+        )
     lines += ["", *targets(results)]
     return "\n".join(lines) + "\n"
 

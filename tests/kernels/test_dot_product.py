@@ -308,8 +308,8 @@ ERRORS = [
         r"query_seq_lengths must be \[B\] = \[2\], got shape \(3,\)",
     ),
     (dict(query_segment_ids=(B, T)), ValueError, r"must be given together"),
-    (dict(implementation="flash"), ValueError, r"implementation must be one of"),
-    (dict(implementation="cudnn"), ValueError, r"implementation='cudnn' needs an NVIDIA GPU"),
+    (dict(implementation="flash"), ValueError, r"implementation must be None, one of \("),
+    (dict(implementation="cudnn"), NotImplementedError, r"cudnn: needs an NVIDIA GPU"),
     (dict(dropout_rate=0.1), ValueError, r"dropout_rng is required"),
     (dict(dropout_rate=1.0, dropout_rng=True), ValueError, r"dropout_rate must be in \[0, 1\)"),
     (

@@ -36,7 +36,15 @@ from jax.sharding import PartitionSpec as P
 from zoo.kernels import masks as masks_lib
 from zoo.shapes import Array, PRNGKey
 
-__all__ = ["Call", "Options", "attend", "check_block_size", "check_qkv", "prepare"]
+__all__ = [
+    "Call",
+    "Options",
+    "attend",
+    "check_block_size",
+    "check_qkv",
+    "platform_of",
+    "prepare",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +88,9 @@ class Call:
         return B, T, S, K, N // K, H
 
 
-Core = Callable[[Call, bool], tuple[Array, Array | None, Array]]
+# (out, weights or None, lse or None): a core that cannot give the log-sum-exp returns None
+# and is never chosen for a call that asks for it (zoo.kernels.dispatch).
+Core = Callable[[Call, bool], tuple[Array, Array | None, Array | None]]
 
 
 def check_block_size(name: str, size: int | None) -> int | None:
@@ -163,13 +173,16 @@ def attend(
     want_weights = return_weights or module is not None
     batch = check_qkv(arrays["query"], arrays["key"], arrays["value"])
 
-    def run(arrays: dict[str, Any]) -> tuple[Array, Array | None, Array]:
+    def run(arrays: dict[str, Any]) -> tuple[Array, Array | None, Array | None]:
         call = prepare(arrays, options, batch)
         out, weights, lse = core(call, want_weights)
         _, T, S, K, G, H = call.shape
         out = out.reshape(*batch, T, K * G, H)
         if weights is not None:
             weights = weights.reshape(*batch, K * G, T, S)
+        if not return_residual:
+            return out, weights, None
+        assert lse is not None, "the dispatch gives a residual whenever one is asked for"
         # The residual in the input dtype, as jax.nn returns it; an empty row's MASK_VALUE
         # clipped to the dtype's own large negative number so that it stays finite.
         low = masks_lib.mask_value(call.key.dtype)
@@ -179,7 +192,7 @@ def attend(
     if places_itself:
         out, weights, lse = run(arrays)
     else:
-        out, weights, lse = _under_explicit_axes(run, arrays, batch, want_weights)
+        out, weights, lse = _under_explicit_axes(run, arrays, batch, want_weights, return_residual)
     if module is not None:
         _sow(module, weights, out.dtype)
     extras: list[Array] = []
@@ -187,6 +200,7 @@ def attend(
         assert weights is not None
         extras.append(weights)
     if return_residual:
+        assert lse is not None
         extras.append(lse)
     return (out, *extras) if extras else out
 
@@ -301,6 +315,19 @@ def prepare(arrays: dict[str, Any], options: Options, batch: tuple[int, ...]) ->
     )
 
 
+def platform_of(x: Array, mesh: Any = None) -> str:
+    """The platform ("cpu", "gpu", "tpu") a computation on ``x`` runs on, as far as trace
+    time can tell: ``mesh``'s when given, else the current mesh's (inside ``shard_map``),
+    else ``x``'s devices if it is concrete, else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh.abstract_mesh
+    device = getattr(mesh, "abstract_device", None)
+    if device is not None:
+        return str(device.platform)
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return str(next(iter(x.devices())).platform)
+    return jax.default_backend()
+
+
 def batch_letters(batch: tuple[int, ...]) -> list[str]:
     """``B`` for one batch dim, ``B1, B2, ...`` for several (the letters of the errors)."""
     return ["B"] if len(batch) == 1 else [f"B{i + 1}" for i in range(len(batch))]
@@ -338,11 +365,12 @@ def _check_lengths(name: str, lengths: Array | None, most: int, letter: str) -> 
 
 
 def _under_explicit_axes(
-    run: Callable[[dict[str, Any]], tuple[Array, Array | None, Array]],
+    run: Callable[[dict[str, Any]], tuple[Array, Array | None, Array | None]],
     arrays: dict[str, Any],
     batch: tuple[int, ...],
     want_weights: bool,
-) -> tuple[Array, Array | None, Array]:
+    want_residual: bool,
+) -> tuple[Array, Array | None, Array | None]:
     """``run(arrays)``; on a mesh with Explicit axes, under ``auto_axes``.
 
     With explicit sharding every array carries its sharding in its type, and a reshape that
@@ -358,16 +386,12 @@ def _under_explicit_axes(
         return run(arrays)
     spec = tuple(sharding.spec) + (None,) * (arrays["query"].ndim - len(sharding.spec))
     lead, (t, n, h) = spec[: len(batch)], spec[len(batch) :]
-    out_sharding = [NamedSharding(mesh, P(*lead, t, n, h)), NamedSharding(mesh, P(*lead, t, n))]
-    if want_weights:
-        out_sharding.append(NamedSharding(mesh, P(*lead, n, t, None)))
-
-    def run_flat(arrays: dict[str, Any]) -> tuple[Array, ...]:
-        out, weights, lse = run(arrays)
-        return (out, lse) if weights is None else (out, lse, weights)
-
-    outs = auto_axes(run_flat, axes=explicit, out_sharding=tuple(out_sharding))(arrays)
-    return outs[0], outs[2] if want_weights else None, outs[1]
+    out_sharding = (
+        NamedSharding(mesh, P(*lead, t, n, h)),
+        NamedSharding(mesh, P(*lead, n, t, None)) if want_weights else None,
+        NamedSharding(mesh, P(*lead, t, n)) if want_residual else None,
+    )
+    return auto_axes(run, axes=explicit, out_sharding=out_sharding)(arrays)
 
 
 def _sow(module: Any, weights: Array | None, dtype: Any) -> None:

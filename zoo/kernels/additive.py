@@ -27,13 +27,19 @@ from typing import Literal, overload
 
 import jax.numpy as jnp
 
+from zoo.kernels import _call
 from zoo.kernels._checks import check_dtypes as _check_dtypes
 from zoo.kernels._checks import check_shape as _check_shape
 from zoo.kernels._checks import prepare_additive as _prepare
+from zoo.kernels.blockwise_additive import blockwise_additive_attention
+from zoo.kernels.pallas_additive import pallas_additive_attention
 from zoo.kernels.softmax import masked_softmax
 from zoo.shapes import Array
 
 __all__ = ["additive_attention", "additive_scores", "project_keys"]
+
+_IMPLEMENTATIONS = (None, "reference", "blockwise", "pallas")
+_FAST = {"blockwise": blockwise_additive_attention, "pallas": pallas_additive_attention}
 
 
 def project_keys(keys: Array, w_key: Array, bias: Array | None = None) -> Array:
@@ -76,6 +82,7 @@ def additive_attention(
     v: Array,
     mask: Array | None = None,
     return_weights: Literal[False] = False,
+    implementation: str | None = None,
 ) -> Array: ...
 @overload
 def additive_attention(
@@ -87,6 +94,7 @@ def additive_attention(
     v: Array,
     mask: Array | None = None,
     return_weights: Literal[True],
+    implementation: str | None = None,
 ) -> tuple[Array, Array]: ...
 @overload
 def additive_attention(
@@ -98,6 +106,7 @@ def additive_attention(
     v: Array,
     mask: Array | None = None,
     return_weights: bool,
+    implementation: str | None = None,
 ) -> Array | tuple[Array, Array]: ...
 def additive_attention(
     query: Array,
@@ -108,6 +117,7 @@ def additive_attention(
     v: Array,
     mask: Array | None = None,
     return_weights: bool = False,
+    implementation: str | None = None,
 ) -> Array | tuple[Array, Array]:
     """Bahdanau attention: context ``[B, T, D_v]`` in the values' dtype.
 
@@ -121,11 +131,32 @@ def additive_attention(
         padding, ``[T, S]`` for a mask shared by the batch, ``[B, T, S]`` in general.
         A ``[B, S]`` mask is read as ``[T, S]``, as NumPy broadcasting would.
       return_weights: also return the float32 weights ``alpha [B, T, S]``.
+      implementation: ``"reference"`` (this kernel: the whole ``[B, T, S, A]`` hidden
+        layer at once), ``"blockwise"`` (:func:`zoo.kernels.blockwise_additive_attention`)
+        or ``"pallas"`` (:func:`zoo.kernels.pallas_additive.pallas_additive_attention`,
+        interpreted on CPU); the last two never form that tensor and give no weights.
+        ``None``: the reference on CPU and whenever the weights are asked for, the Pallas
+        kernel on GPU and TPU.
 
     Returns:
       The context ``[B, T, D_v]`` (eq. (5)), and the weights if asked. A query row with no
       key to attend gets zero context and zero gradients.
     """
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}"
+        )
+    if implementation is None:
+        on_cpu = _call.platform_of(jnp.asarray(query)) == "cpu"
+        implementation = "reference" if on_cpu or return_weights else "pallas"
+    if implementation != "reference":
+        if return_weights:
+            raise ValueError(
+                f"implementation={implementation!r} cannot return_weights: it never forms "
+                "the [B, T, S] weights; use implementation='reference' for them"
+            )
+        kernel = _FAST[implementation]
+        return kernel(query, projected_keys, values, w_query=w_query, v=v, mask=mask)
     query, projected_keys, values_, w_query, v, mask, batched = _prepare(
         query, projected_keys, values, w_query, v, mask
     )

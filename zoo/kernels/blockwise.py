@@ -44,6 +44,10 @@ __all__ = [
 # too 256 x 512 beat 256 x 256, though it skips less.
 _MAX_QUERY_BLOCK = 256
 _MAX_KEY_BLOCK = 512
+# On GPU and TPU every block pair is a step of a loop that XLA runs as a handful of kernel
+# launches, and a block's scores live in HBM rather than cache: fewer, larger blocks (a
+# 512 x 1024 block of 16 heads is 32 MiB of float32 scores). Not yet tuned on a device.
+_MAX_BLOCKS_ACCELERATOR = (512, 1024)
 # A banded (causal or local) mask only saves work when there are blocks to skip: a short
 # sequence in one block computes the whole T x S square. So banded blocks aim at 4 per axis,
 # no shorter than 128 rows (causal forward+backward at B=12 N=6 H=64 T=256: 89 ms in one
@@ -53,19 +57,22 @@ _BANDED_BLOCKS_PER_AXIS = 4
 
 
 def default_block_sizes(
-    query_length: int, key_length: int, *, banded: bool = False
+    query_length: int, key_length: int, *, banded: bool = False, platform: str = "cpu"
 ) -> tuple[int, int]:
     """The automatic ``(query_block_size, key_value_block_size)`` for ``T`` and ``S``.
 
-    At most ``256`` query and ``512`` key rows; a longer sequence is cut into equal blocks
-    (rounded up to a multiple of 8) so that padding the last block wastes little. When
-    ``banded`` (a causal or local window mask, whose empty blocks are skipped) a shorter
-    sequence is cut too, into about 4 blocks per axis of at least 128 rows, so that it has
-    blocks to skip.
+    On CPU at most ``256`` query and ``512`` key rows (``512`` and ``1024`` on GPU and TPU);
+    a longer sequence is cut into equal blocks (rounded up to a multiple of 8) so that padding
+    the last block wastes little. When ``banded`` (a causal or local window mask, whose empty
+    blocks are skipped) a shorter sequence is cut too, into about 4 blocks per axis of at
+    least 128 rows, so that it has blocks to skip.
     """
+    most_q, most_k = (
+        (_MAX_QUERY_BLOCK, _MAX_KEY_BLOCK) if platform == "cpu" else _MAX_BLOCKS_ACCELERATOR
+    )
     return (
-        _even_block(query_length, _longest(query_length, _MAX_QUERY_BLOCK, banded)),
-        _even_block(key_length, _longest(key_length, _MAX_KEY_BLOCK, banded)),
+        _even_block(query_length, _longest(query_length, most_q, banded)),
+        _even_block(key_length, _longest(key_length, most_k, banded)),
     )
 
 
@@ -198,7 +205,8 @@ def blockwise_core(
     into blocks, run the engine, lay the output back."""
     assert not want_weights
     B, T, S, K, G, H = call.shape
-    auto_q, auto_k = default_block_sizes(T, S, banded=call.options.banded)
+    platform = _call.platform_of(call.query)
+    auto_q, auto_k = default_block_sizes(T, S, banded=call.options.banded, platform=platform)
     bq = query_block_size or auto_q
     bk = key_value_block_size or auto_k
     nq, nk = -(-T // bq), -(-S // bk)
@@ -245,7 +253,8 @@ def blockwise_core(
         kv_segments=ids(call.key_segments, Sp),
         rng=call.dropout_rng,
     )
-    out, lse = _online.blockwise(score, q, k, v, full(call.bias), aux)
+    static = platform != "cpu"
+    out, lse = _online.blockwise(score, q, k, v, full(call.bias), aux, static=static)
     # [Q, B*K, G*bq, H] -> [B, T, N, H]; [Q, B*K, G*bq] -> [B, T, N].
     out = out.reshape(nq, B, K, G, bq, H).transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, K * G, H)
     lse = lse.reshape(nq, B, K, G, bq).transpose(1, 0, 4, 2, 3).reshape(B, Tp, K * G)
@@ -371,7 +380,13 @@ class _DotScore:
     def query_range(self, aux: _Aux, j) -> tuple[Array, Array]:
         return _online.banded_query_range(j, nq=self.nq, **self._band(aux))
 
-    def _band(self, aux: _Aux) -> dict[str, Any]:
+    def static_key_range(self, i: int) -> tuple[int, int]:
+        return _online.banded_key_range(i, nk=self.nk, **self._band(None))
+
+    def static_query_range(self, j: int) -> tuple[int, int]:
+        return _online.banded_query_range(j, nq=self.nq, **self._band(None))
+
+    def _band(self, aux: _Aux | None) -> dict[str, Any]:
         """What decides which blocks are empty: block sizes, causal, window, lengths."""
         o = self.options
         return dict(
@@ -379,8 +394,8 @@ class _DotScore:
             bk=self.bk,
             is_causal=o.is_causal,
             window=o.window,
-            query_lengths=aux.q_lengths,
-            key_lengths=aux.kv_lengths,
+            query_lengths=None if aux is None else aux.q_lengths,
+            key_lengths=None if aux is None else aux.kv_lengths,
         )
 
     def grads(self, q_blk, k_blk, bias, aux, i, j, d_logits_t, d_bias):

@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 from jax import lax
 
-from zoo.kernels import _online
+from zoo.kernels import _call, _online
 from zoo.kernels._call import check_block_size
 from zoo.kernels._checks import prepare_additive
 from zoo.kernels.masks import MASK_VALUE
@@ -86,7 +86,8 @@ def blockwise_additive_attention(
         if mask.shape[2] != 1:
             mask = _online.pad_axis(mask, 2, nk * bs)
     score = _AdditiveScore(S=S, bt=bt, bs=bs, nq=nq, nk=nk)
-    context, _ = _online.blockwise(score, pq, pk, vals, v, mask)  # [Q, B, t, D_v]
+    static = _call.platform_of(query) != "cpu"
+    context, _ = _online.blockwise(score, pq, pk, vals, v, mask, static=static)  # [Q, B, t, D_v]
     context = context.swapaxes(0, 1).reshape(B, nq * bt, -1)[:, :T]
     return context if batched else context[0]
 
@@ -134,6 +135,12 @@ class _AdditiveScore:
 
     def query_range(self, aux, j) -> tuple[Array, Array]:
         return jnp.int32(0), jnp.int32(self.nq)
+
+    def static_key_range(self, i: int) -> tuple[int, int]:
+        return 0, self.nk
+
+    def static_query_range(self, j: int) -> tuple[int, int]:
+        return 0, self.nq
 
     def grads(self, pq_blk, pk_blk, v, mask, i, j, d_scores_t, d_v):
         hidden = self._hidden_t(pq_blk, pk_blk).astype(jnp.float32)

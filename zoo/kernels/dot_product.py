@@ -7,7 +7,8 @@ numbers, plus segment ids, attention dropout with an explicit key, and the weigh
 
 This kernel materializes the ``[B, N, T, S]`` weights: simple and the numerical reference for
 every faster kernel in the zoo. :func:`dot_product_attention` is also the zoo's front door:
-``implementation=`` picks another kernel of the same call (:data:`zoo.kernels.KERNELS`).
+by default it runs each call on the fastest kernel that supports it (:mod:`zoo.kernels.
+dispatch`), and ``implementation=`` forces one.
 """
 
 from typing import Any
@@ -15,14 +16,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from zoo.kernels import _call, blockwise
+from zoo.kernels import _call, blockwise, dispatch
 from zoo.kernels import masks as masks_lib
 from zoo.kernels.softmax import masked_logits
 from zoo.shapes import Array, PRNGKey
 
 __all__ = ["dot_product_attention", "reference_core"]
-
-_IMPLEMENTATIONS = (None, "xla", "reference", "blockwise", "cudnn")
 
 
 def dot_product_attention(
@@ -80,10 +79,16 @@ def dot_product_attention(
       return_weights: also return the float32 weights ``[*batch, N, T, S]`` (before dropout).
       return_residual: also return the log-sum-exp of the logits ``[*batch, T, N]`` in the
         input dtype, as jax.nn does.
-      implementation: which kernel runs the call. ``None``, ``"xla"`` or ``"reference"``:
-        this one; ``"blockwise"``: :func:`zoo.kernels.blockwise_attention`, the same numbers
-        in memory linear in T and S (no weights; its own dropout pattern); ``"cudnn"``
-        needs a GPU (an error here).
+      implementation: which kernel runs the call (:mod:`zoo.kernels.dispatch`). ``None``:
+        the fastest that supports the call on its platform (tokamax's flash kernels or
+        cuDNN on GPU, tokamax on TPU, on CPU this kernel for short sequences and the
+        blockwise one for long); :func:`zoo.kernels.explain` says which and why. A name
+        forces one: ``"reference"`` (or ``"xla"``) this kernel, ``"blockwise"``
+        :func:`zoo.kernels.blockwise_attention` (the same numbers in memory linear in T and
+        S; no weights; its own dropout pattern), ``"cudnn"`` (jax.nn's cuDNN kernel),
+        ``"tokamax"`` or ``"tokamax.<mosaic|triton|cudnn|xla_chunked|xla>"``; a sequence is
+        tried in order. ``NotImplementedError`` names each kernel that cannot run the call
+        and why.
       dtype: optional compute dtype; inputs are cast to it (``flax.nnx`` passes this).
       precision: einsum precision (``flax.nnx`` passes this).
       module: a flax module to sow the weights into (its ``nnx.Intermediate`` collection,
@@ -96,21 +101,7 @@ def dot_product_attention(
       returns zeros and zero gradients, not the mean of the values, and its log-sum-exp is
       the dtype's large negative number, never ``-inf``.
     """
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}"
-        )
-    if implementation == "cudnn":
-        raise ValueError(
-            "implementation='cudnn' needs an NVIDIA GPU, and the zoo does not dispatch to "
-            "cuDNN yet; use implementation=None or 'reference' (this kernel, the weights "
-            "materialized) or 'blockwise' (memory linear in the sequence lengths)"
-        )
-    if implementation == "blockwise":
-        core: _call.Core = blockwise.blockwise_core
-        name, forms_weights = "blockwise_attention", False
-    else:
-        core, name, forms_weights = reference_core, "dot_product_attention", True
+    core = dispatch.dispatching_core(implementation, _CORES, residual=return_residual)
     return _call.attend(
         core,
         query,
@@ -134,8 +125,8 @@ def dot_product_attention(
         dtype=dtype,
         precision=precision,
         module=module,
-        forms_weights=forms_weights,
-        kernel_name=name,
+        forms_weights=True,
+        kernel_name="dot_product_attention",
     )
 
 
@@ -190,3 +181,7 @@ def reference_core(call: _call.Call, want_weights: bool) -> tuple[Array, Array |
         weights.reshape(B, K * G, T, S) if want_weights else None,
         jax.lax.stop_gradient(lse),
     )
+
+
+# The zoo's own kernels of this call, by the names dispatch knows them by.
+_CORES: dict[str, _call.Core] = {"reference": reference_core, "blockwise": blockwise.blockwise_core}

@@ -263,6 +263,7 @@ def _ring_core(
         scale=o.scale,
         chunks=chunks,
         precision=o.precision,
+        static=_call.platform_of(call.query, mesh) != "cpu",
     )
     q_perm, kv_perm = ring_permutation(T, ring, layout), ring_permutation(S, ring, layout)
     reorder = permute and layout != "contiguous"
@@ -378,6 +379,9 @@ class _RingConfig:
     scale: float
     chunks: int  # chunks per device that masking and skipping work on
     precision: Any
+    # For GPU and TPU: no lax.cond (a round trip to the host there), so an empty chunk pair
+    # is computed and masked rather than skipped, and the running maximum always updated.
+    static: bool
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -553,9 +557,11 @@ def _forward_on_device(
                             preferred_element_type=acc,
                         )
 
-                    return _online.fold(state, scores, to_logits, weighted_values)
+                    return _online.fold(
+                        state, scores, to_logits, weighted_values, reuse_max=not config.static
+                    )
 
-                state = _unless_all_masked(mask, step, state)
+                state = _unless_all_masked(config, mask, step, state)
             new.append(state)
         return visiting, tuple(new)
 
@@ -648,7 +654,9 @@ def _backward_on_device(
                     )
                     return dq_i + dq_part, dk_c + dk_part, dv_c + dv_part
 
-                dq_list[i], dk_c, dv_c = _unless_all_masked(mask, step, (dq_list[i], dk_c, dv_c))
+                dq_list[i], dk_c, dv_c = _unless_all_masked(
+                    config, mask, step, (dq_list[i], dk_c, dv_c)
+                )
             dk_parts.append(dk_c)
             dv_parts.append(dv_c)
         dk, dv = jnp.concatenate(dk_parts, axis=1), jnp.concatenate(dv_parts, axis=1)
@@ -721,9 +729,13 @@ def _hop(config: _RingConfig, x: Any) -> Any:
     return jax.tree.map(lambda a: lax.ppermute(a, config.axis_name, perm), x)
 
 
-def _unless_all_masked(mask: Array | None, step: Callable[[Any], Any], state: Any) -> Any:
-    """``step(state)``, or ``state`` untouched when ``mask`` allows nothing (the causal skip)."""
-    if mask is None:
+def _unless_all_masked(
+    config: _RingConfig, mask: Array | None, step: Callable[[Any], Any], state: Any
+) -> Any:
+    """``step(state)``, or ``state`` untouched when ``mask`` allows nothing (the causal skip).
+    Under ``config.static`` always ``step(state)``: an empty pair's masked logits add nothing
+    (the engine's convention), so skipping it only saves time."""
+    if mask is None or config.static:
         return step(state)
     return lax.cond(jnp.any(mask), step, lambda s: s, state)
 
