@@ -424,7 +424,8 @@ def _score(
     logits, weights = nnx.merge(graphdef, state)(images, caption[:, :-1], return_weights=True)
     labels = caption[:, 1:]
     real = labels != PAD_ID
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    # The log-softmax in float32 whatever the model's compute dtype.
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     return (losses * real).sum(), real.sum(), weights
 
 

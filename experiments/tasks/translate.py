@@ -201,6 +201,13 @@ def load_config(path: pathlib.Path) -> Config | TransformerTranslateConfig:
     return config_lib.load(kind, path)
 
 
+def make_model(config: Config | TransformerTranslateConfig) -> RNNSearch | Transformer:
+    rngs = nnx.Rngs(config.train.seed)
+    if isinstance(config.model, TransformerConfig):
+        return Transformer(dataclasses.replace(config.model, pad_id=translation.PAD_ID), rngs=rngs)
+    return RNNSearch(dataclasses.replace(config.model, pad_id=translation.PAD_ID), rngs=rngs)
+
+
 def setup(config: Config | TransformerTranslateConfig, workdir: pathlib.Path) -> Setup:
     del workdir
     transformer = isinstance(config, TransformerTranslateConfig)
@@ -220,12 +227,7 @@ def setup(config: Config | TransformerTranslateConfig, workdir: pathlib.Path) ->
         batch_size=config.train.batch_size,
         seed=config.train.seed,
     )
-    rngs = nnx.Rngs(config.train.seed)
-    model: RNNSearch | Transformer
-    if isinstance(config.model, TransformerConfig):
-        model = Transformer(dataclasses.replace(config.model, pad_id=translation.PAD_ID), rngs=rngs)
-    else:
-        model = RNNSearch(dataclasses.replace(config.model, pad_id=translation.PAD_ID), rngs=rngs)
+    model = make_model(config)
     graphdef = nnx.graphdef(model)
     # Pictures need the weights, which only the reference kernel returns.
     weights_graph = weights_graphdef(model) if isinstance(model, Transformer) else graphdef
@@ -293,7 +295,8 @@ class _Evaluation:
         logits = _forward(model, batch["source"], target[:, :-1], None)
         labels = target[:, 1:]
         real = labels != translation.PAD_ID
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        # The log-softmax in float32 whatever the model's compute dtype.
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
         return (losses * real).sum(), real.sum()
 
     def _translate(self, state: nnx.State, source: jax.Array) -> jax.Array:

@@ -4,6 +4,7 @@ decoding and attention-correctness wiring on hand-made inputs."""
 import functools
 import json
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from experiments import config as config_lib
 from experiments import evaluate, run, visualize
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.tasks import caption
+from tests.experiments import mixed_precision
 
 RATES = ("peak_in_box", "mass_in_box", "chance", "chance_cells")
 
@@ -243,3 +245,28 @@ def test_coordinate_channels_hold_each_pixels_row_and_column(smoke):
     np.testing.assert_array_equal(out[..., 0], images[..., 0])
     np.testing.assert_allclose(out[1, :, 4, 1], [-1.0, 0.0, 1.0])
     np.testing.assert_allclose(out[0, 2, :, 2], [-1.0, -0.5, 0.0, 0.5, 1.0])
+
+
+@pytest.mark.slow  # compiling a bf16 train step costs tens of seconds
+def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
+    config = mixed_precision.smoke_config(caption, "sat", tmp_path)
+    # The smoke scenes' layout (1 channel, 23 words), at a quarter of their 64 x 64 side.
+    data = types.SimpleNamespace(channels=1, vocab_size=23, image_size=16)
+    model = caption.make_model(config, data)
+    B, T = config.train.batch_size, 9
+    images = np.random.default_rng(0).uniform(size=(B, 16, 16, 1)).astype(np.float32)
+    captions = mixed_precision.tokens((B, T + 1), data.vocab_size)
+    captions[:, 0], captions[:, -1] = BOS_ID, EOS_ID
+    loss_fn = functools.partial(caption.loss_fn, penalty_strength=1.0, coordinates=True)
+    batch = {"image": images, "caption": captions}
+    losses = mixed_precision.train(model, loss_fn, batch, config.train)
+    assert losses[-1] < losses[0], losses
+    assert mixed_precision.param_dtypes(model) == {jnp.dtype(jnp.float32)}
+    inputs = caption.with_coordinates(jnp.asarray(images))
+    logits, weights = nnx.eval_shape(
+        lambda m: m(inputs, captions[:, :-1], return_weights=True), model
+    )
+    state = nnx.eval_shape(lambda m: m.encode(inputs), model)
+    assert logits.dtype == state["annotations"].dtype == jnp.bfloat16
+    # The LSTM state and the attention maps drawn over the images stay float32.
+    assert state["memory"].dtype == state["hidden"].dtype == weights.dtype == jnp.float32

@@ -1,10 +1,16 @@
-"""The lm experiment on the smoke preset through the real CLI, and sampling from its run."""
+"""The lm experiment on the smoke preset through the real CLI, sampling from its run, and its
+model trained in bfloat16."""
 
 import json
+import types
 
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from experiments import run, sample, visualize
+from experiments.tasks import lm
+from tests.experiments import mixed_precision
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +55,17 @@ def test_sample_rejects_a_too_long_request(finished_run):
     workdir, _ = finished_run
     with pytest.raises(SystemExit, match=r"exceeds the model's context of 32 positions"):
         sample.main([str(workdir), "--prompt", "KING:", "--length", "40"])
+
+
+def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
+    config = mixed_precision.smoke_config(lm, "transformer", tmp_path)
+    model = lm.make_model(config, types.SimpleNamespace(vocab_size=83))
+    B, T = config.train.batch_size, config.data.context_length
+    tokens = mixed_precision.tokens((B, T + 1), 83)
+    losses = mixed_precision.train(model, lm.loss_fn, {"tokens": tokens}, config.train)
+    assert losses[-1] < losses[0], losses
+    assert mixed_precision.param_dtypes(model) == {jnp.dtype(jnp.float32)}
+    logits, weights = nnx.eval_shape(lambda m: m(tokens[:, :-1], return_weights=True), model)
+    hidden = nnx.eval_shape(lambda m: m.embed(tokens, jnp.arange(T + 1), rngs=None), model)
+    assert logits.dtype == hidden.dtype == jnp.bfloat16
+    assert {w.dtype for w in weights["decoder_self"]} == {jnp.dtype(jnp.float32)}

@@ -1,10 +1,17 @@
-"""The translate experiment end to end on the smoke preset, through the real CLI."""
+"""The translate experiment end to end on the smoke preset, through the real CLI; its model
+trained in bfloat16."""
 
 import json
 
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
+from experiments import config as config_lib
 from experiments import run, visualize
+from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from experiments.tasks import translate
+from tests.experiments import mixed_precision
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +95,10 @@ def test_transformer_translates_and_draws_every_head(tmp_path, data_dir):
             r"unknown config field 'model.width': RNNSearchConfig has",
         ),
         (["translate", "--set", "train.steps=many"], r"train.steps: expected int, got 'many'"),
+        (
+            ["translate", "--set", "model.dtype=bf16"],
+            r"dtype must be one of \('auto', 'float32', 'bfloat16', 'float16'\), got 'bf16'",
+        ),
     ],
 )
 def test_cli_errors_list_the_valid_choices(argv, message, tmp_path):
@@ -106,3 +117,34 @@ def test_cli_refuses_to_overwrite_or_reconfigure_a_run(finished_run):
 def test_visualize_needs_a_run_directory(tmp_path):
     with pytest.raises(SystemExit, match=r"is not a run directory \(no config.json\)"):
         visualize.main([str(tmp_path)])
+
+
+def test_a_config_saved_before_the_precision_fields_loads_with_their_defaults(tmp_path):
+    for model in ("rnnsearch", "transformer"):
+        saved = config_lib.to_dict(translate.presets(model)["smoke"])
+        del saved["model"]["dtype"], saved["model"]["param_dtype"]
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        loaded = translate.load_config(tmp_path / "config.json")
+        assert (loaded.model.dtype, loaded.model.param_dtype) == ("auto", "float32")
+
+
+@pytest.mark.slow  # compiling a bf16 train step costs tens of seconds
+def test_rnnsearch_trains_in_bfloat16_over_float32_parameters(tmp_path):
+    config = mixed_precision.smoke_config(translate, "rnnsearch", tmp_path)
+    model = translate.make_model(config)
+    B, S, T = config.train.batch_size, 11, 7
+    source = mixed_precision.tokens((B, S), config.model.source_vocab_size)
+    source[1, 5:] = PAD_ID  # a short sentence
+    target = mixed_precision.tokens((B, T + 1), config.model.target_vocab_size, seed=1)
+    target[:, 0], target[:, -1] = BOS_ID, EOS_ID
+    batch = {"source": source, "target": target}
+    losses = mixed_precision.train(model, translate.loss_fn, batch, config.train)
+    assert losses[-1] < losses[0], losses
+    assert mixed_precision.param_dtypes(model) == {jnp.dtype(jnp.float32)}
+    logits, weights = nnx.eval_shape(
+        lambda m: m(source, target[:, :-1], return_weights=True), model
+    )
+    carry = nnx.eval_shape(lambda m: m.encode(source), model)
+    assert logits.dtype == carry["annotations"].dtype == jnp.bfloat16
+    # The GRU state and the alignment weights drawn in the pictures stay float32.
+    assert carry["state"].dtype == weights.dtype == jnp.float32

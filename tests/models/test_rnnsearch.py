@@ -1,5 +1,7 @@
 """RNNsearch / RNNencdec (Bahdanau et al. 2014): shapes, padding, alignment, decoding steps."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,3 +101,22 @@ def test_bad_input_is_named(model, batch):
         model(source.astype(np.float32), target)
     with pytest.raises(ValueError, match=r"must share B"):
         model(source, target[:2])
+
+
+@pytest.mark.parametrize("attention", [True, False], ids=["rnnsearch", "rnnencdec"])
+@pytest.mark.parametrize("dtype, param_dtype", [("bfloat16", "float32"), ("float16", "bfloat16")])
+def test_dtypes_reach_parameters_outputs_and_states(batch, attention, dtype, param_dtype):
+    config = dataclasses.replace(CONFIG, attention=attention, dtype=dtype, param_dtype=param_dtype)
+    model = nnx.eval_shape(lambda: RNNSearch(config, rngs=nnx.Rngs(0)))
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert {p.dtype for p in params} == {jnp.dtype(param_dtype)}
+    source, target = batch
+    logits, weights = nnx.eval_shape(lambda m: m(source, target, return_weights=True), model)
+    assert logits.dtype == dtype and weights.dtype == jnp.float32
+    carry = nnx.eval_shape(lambda m: m.encode(source), model)
+    assert carry["state"].dtype == jnp.float32  # the GRU state stays float32
+    step_logits, new_carry, _ = nnx.eval_shape(
+        lambda m, c: m.step(jnp.asarray(target[:, 0]), c), model, carry
+    )
+    assert step_logits.dtype == dtype
+    assert jax.tree.map(lambda x: x.dtype, new_carry) == jax.tree.map(lambda x: x.dtype, carry)

@@ -1,5 +1,7 @@
 """Show, Attend and Tell (Xu et al. 2015): shapes, attention, gate, penalty, decoding steps."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -269,3 +271,25 @@ def test_greedy_and_beam_search_run_on_the_step_function(model, batch):
 def test_bad_input_is_named(model, batch, call, error, message):
     with pytest.raises(error, match=message):
         call(model, *batch)
+
+
+@pytest.mark.parametrize("dtype, param_dtype", [("bfloat16", "float32"), ("float16", "bfloat16")])
+def test_dtypes_reach_parameters_outputs_and_states(batch, dtype, param_dtype):
+    config = dataclasses.replace(CONFIG, dtype=dtype, param_dtype=param_dtype)
+    model = nnx.eval_shape(lambda: ShowAttendTell(config, rngs=nnx.Rngs(0)))
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert {p.dtype for p in params} == {jnp.dtype(param_dtype)}
+    images, captions = batch[0], batch[1]
+    logits, weights = nnx.eval_shape(
+        lambda m: m(images, captions, return_weights=True, rngs=jax.random.key(0)), model
+    )
+    assert logits.dtype == dtype and weights.dtype == jnp.float32
+    state = nnx.eval_shape(lambda m: m.encode(images), model)
+    assert state["annotations"].dtype == dtype
+    # The LSTM memory and hidden state (and the analysis gate) stay float32.
+    assert {state[k].dtype for k in ("memory", "hidden", "gate")} == {jnp.dtype(jnp.float32)}
+    step_logits, new_state, _ = nnx.eval_shape(
+        lambda m, s: m.step(jnp.asarray(captions[:, 0]), s), model, state
+    )
+    assert step_logits.dtype == dtype
+    assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)

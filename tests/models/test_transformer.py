@@ -474,3 +474,39 @@ def test_parameter_counts_next_to_the_papers(name, config, model_class, paper):
     assert count == expected_count(config, model_class is Transformer)
     # With the 37,000-token shared vocabulary the paper's counts are matched to within 3.1%.
     assert abs(count / paper - 1) < 0.031
+
+
+@pytest.mark.parametrize(
+    "model_class, config, dtype, param_dtype",
+    [
+        (Transformer, SEQ2SEQ, "bfloat16", "float32"),
+        (Transformer, SEQ2SEQ, "float16", "bfloat16"),
+        (TransformerLM, LM_ROTARY, "bfloat16", "float32"),
+        (TransformerLM, LM_LEARNED, "bfloat16", "float32"),
+    ],
+    ids=["seq2seq-bf16", "seq2seq-f16-bf16-params", "rotary-gqa-bf16", "learned-tied-bf16"],
+)
+def test_dtypes_reach_parameters_outputs_and_caches(data, model_class, config, dtype, param_dtype):
+    config = dataclasses.replace(config, dtype=dtype, param_dtype=param_dtype)
+    model = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert {p.dtype for p in params} == {jnp.dtype(param_dtype)}
+    source, target = data
+    if model_class is Transformer:
+        logits, weights = nnx.eval_shape(lambda m: m(source, target, return_weights=True), model)
+        state = nnx.eval_shape(lambda m: m.init_decode_state(source, T + 2), model)
+        assert state.memory.dtype == dtype
+    else:
+        logits, weights = nnx.eval_shape(lambda m: m(target, return_weights=True), model)
+        state = nnx.eval_shape(lambda m: m.init_cache(B, T + 2), model)
+    assert logits.dtype == dtype
+    # The kernels' softmax is float32, and so are the weights drawn in the pictures.
+    assert {w.dtype for ws in weights.values() for w in ws} == {jnp.dtype(jnp.float32)}
+    assert (
+        {c.key.dtype for c in state.caches}
+        == {c.value.dtype for c in state.caches}
+        == {jnp.dtype(dtype)}
+    )
+    step_logits, new_state = nnx.eval_shape(lambda m, s: m.step(target[:, 0], s), model, state)
+    assert step_logits.dtype == dtype
+    assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)

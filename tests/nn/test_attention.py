@@ -270,3 +270,26 @@ def test_jit_traces_extend_once(inputs):
     np.testing.assert_allclose(
         jnp.concatenate(outs, 1), attend(mha, x, is_causal=True)[0], atol=1e-5
     )
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_compute_dtype_keeps_float32_parameters_and_weights(inputs, dtype):
+    x, context = inputs
+    low, full = make(dtype=dtype), make()  # the same seed: the same float32 parameters
+    params = jax.tree.leaves(nnx.state(low, nnx.Param))
+    assert {p.dtype for p in params} == {jnp.dtype(jnp.float32)}
+    out, weights = attend(low, x.astype(dtype), context.astype(dtype), return_weights=True)
+    expected, expected_weights = attend(full, x, context, return_weights=True)
+    assert out.dtype == dtype and weights.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=0.05, rtol=0.05)
+    np.testing.assert_allclose(weights, expected_weights, atol=0.02)
+    cache = low.init_cache(B, T)
+    assert cache.key.dtype == cache.value.dtype == dtype
+    out, _, cache = extend(low, x.astype(dtype), cache)
+    assert out.dtype == cache.key.dtype == dtype
+
+
+def test_param_dtype_sets_the_projections():
+    mha = MultiHeadAttention(D, N, use_bias=True, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    params = jax.tree.leaves(nnx.state(mha, nnx.Param))
+    assert {p.dtype for p in params} == {jnp.dtype(jnp.bfloat16)}

@@ -46,3 +46,17 @@ def test_no_bias_and_separate_output_init():
     assert ffn.hidden.bias is None and ffn.output.bias is None
     np.testing.assert_array_equal(ffn(jnp.ones((B, T, D))), 0.0)
     assert np.abs(np.asarray(ffn.hidden.kernel[...])).max() > 0
+
+
+def test_compute_and_parameter_dtypes():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(B, T, D)), jnp.float32)
+    low = FeedForward(D, F, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    full = FeedForward(D, F, rngs=nnx.Rngs(0))  # the same float32 parameters
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(low, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    out = low(x)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), full(x), atol=0.05, rtol=0.05)
+    half = FeedForward(D, F, param_dtype=jnp.float16, rngs=nnx.Rngs(0))
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(half, nnx.Param))} == {
+        jnp.dtype(jnp.float16)
+    }

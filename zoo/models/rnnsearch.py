@@ -11,6 +11,12 @@ sees one fixed-size summary ``c`` of the whole source at every step instead of `
 Here the summary is taken from the same bidirectional encoder (its two final states), so the
 comparison isolates attention.
 
+Mixed precision (``zoo.precision``): embeddings, the GRUs' matmuls and gates, the attention
+and the readout run in ``config.dtype`` over parameters in ``config.param_dtype``. The GRU
+states of encoder and decoder stay float32 (a state rounded to bfloat16's 8 bits at each of
+50 steps drifts), and so does the alignment softmax (the kernel's); the logits come in
+``config.dtype`` and the task casts them to float32 for the loss.
+
 Shapes (``zoo.shapes``): source ``[B, S]``, target ``[B, T]`` int; annotations ``[B, S, 2D]``
 with D the GRU width; alignment weights ``[B, T, S]``.
 """
@@ -22,10 +28,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zoo import precision
 from zoo.kernels import additive
 from zoo.shapes import Array
 
 __all__ = ["RNNSearch", "RNNSearchConfig"]
+
+# The recurrent states (the GRU carries), whatever the compute dtype.
+_STATE_DTYPE = jnp.float32
+_ORTHOGONAL = nnx.initializers.orthogonal()  # GRUCell's default recurrent initializer
+
+
+def _orthogonal(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    """GRUCell's orthogonal recurrent matrices drawn in float32, then cast: the QR behind them
+    has no bfloat16 or float16, so ``param_dtype="bfloat16"`` would fail with the default."""
+    return _ORTHOGONAL(key, shape, jnp.float32).astype(dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +57,14 @@ class RNNSearchConfig:
     maxout_dim: int = 500  # l: deep output width after maxout of pairs, appendix A.2.2
     attention: bool = True  # False: RNNencdec, a fixed summary vector instead of c_i
     pad_id: int = 0  # padding token of both vocabularies
+    # Compute dtype of activations, matmuls and logits: "float32" | "bfloat16" | "float16", or
+    # "auto" (float32 on CPU, bfloat16 on GPU/TPU, decided when the model is built).
+    dtype: str = "auto"
+    # Dtype the parameters are stored and updated in; float32 under bfloat16 compute.
+    param_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        precision.check(self.dtype, self.param_dtype)
 
 
 # Keys of the decoder carry: everything a decoding step needs, batch axis first.
@@ -52,50 +77,57 @@ class RNNSearch(nnx.Module):
     def __init__(self, config: RNNSearchConfig, *, rngs: nnx.Rngs):
         self.config = config
         m, n, a, l = config.embed_dim, config.hidden_dim, config.attention_dim, config.maxout_dim
-        self.source_embed = nnx.Embed(config.source_vocab_size, m, rngs=rngs)
-        self.target_embed = nnx.Embed(config.target_vocab_size, m, rngs=rngs)
+        dtype, param_dtype = precision.resolve(config.dtype, config.param_dtype)
+        self.dtype = dtype
+        kw: dict[str, Any] = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        cell: dict[str, Any] = {"recurrent_kernel_init": _orthogonal, **kw}
+        self.source_embed = nnx.Embed(config.source_vocab_size, m, **kw)
+        self.target_embed = nnx.Embed(config.target_vocab_size, m, **kw)
         # rngs=False: the RNNs start from explicit zero states, so the model holds no RNG
         # state and a forward pass mutates nothing (a pure function of the parameters).
         self.encoder = nnx.Bidirectional(
-            nnx.RNN(nnx.GRUCell(m, n, rngs=rngs), rngs=False),
-            nnx.RNN(nnx.GRUCell(m, n, rngs=rngs), rngs=False),
+            nnx.RNN(nnx.GRUCell(m, n, **cell), rngs=False),
+            nnx.RNN(nnx.GRUCell(m, n, **cell), rngs=False),
             rngs=False,
         )
         # s_0 = tanh(W_s <-h_1), appendix A.2.2; RNNencdec starts from its summary instead.
-        self.init_state = nnx.Linear(n if config.attention else 2 * n, n, rngs=rngs)
+        self.init_state = nnx.Linear(n if config.attention else 2 * n, n, **kw)
         if config.attention:
             # U_a (applied once per sentence), W_a and v_a of eq. (6).
-            self.key_proj = nnx.Linear(2 * n, a, use_bias=False, rngs=rngs)
-            self.query_proj = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (n, a)))
-            self.score = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (a,)))
+            self.key_proj = nnx.Linear(2 * n, a, use_bias=False, **kw)
+            self.query_proj = nnx.Param(
+                nnx.initializers.lecun_normal()(rngs.params(), (n, a), param_dtype)
+            )
+            self.score = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (a,), param_dtype))
         else:
-            self.summary = nnx.Linear(2 * n, 2 * n, rngs=rngs)
+            self.summary = nnx.Linear(2 * n, 2 * n, **kw)
         # The decoder GRU reads [E y_{i-1}; c_i]: one matrix on the concatenation equals the
         # paper's separate W and C matrices (appendix A.2.2).
-        self.decoder = nnx.GRUCell(m + 2 * n, n, rngs=rngs)
+        self.decoder = nnx.GRUCell(m + 2 * n, n, **cell)
         # Deep output: t~_i = U_o s_{i-1} + V_o E y_{i-1} + C_o c_i, then maxout (A.2.2).
-        self.out_state = nnx.Linear(n, 2 * l, rngs=rngs)
-        self.out_embed = nnx.Linear(m, 2 * l, use_bias=False, rngs=rngs)
-        self.out_context = nnx.Linear(2 * n, 2 * l, use_bias=False, rngs=rngs)
-        self.readout = nnx.Linear(l, config.target_vocab_size, rngs=rngs)
+        self.out_state = nnx.Linear(n, 2 * l, **kw)
+        self.out_embed = nnx.Linear(m, 2 * l, use_bias=False, **kw)
+        self.out_context = nnx.Linear(2 * n, 2 * l, use_bias=False, **kw)
+        self.readout = nnx.Linear(l, config.target_vocab_size, **kw)
 
     def encode(self, source: Array) -> Carry:
         """Source ``[B, S]`` -> the initial decoder carry (annotations, keys, mask, state)."""
         mask = source != self.config.pad_id
         lengths = mask.sum(axis=1).astype(jnp.int32)
-        zeros = jnp.zeros((source.shape[0], self.config.hidden_dim), jnp.float32)
+        zeros = jnp.zeros((source.shape[0], self.config.hidden_dim), _STATE_DTYPE)
         encoded = self.encoder(
             self.source_embed(source), seq_lengths=lengths, initial_carry=(zeros, zeros)
         )
         assert isinstance(encoded, jax.Array)  # return_carry=False: just the outputs
-        annotations = encoded * mask[..., None]  # [B, S, 2D], zero on padding
+        # [B, S, 2D], zero on padding; the GRU states are float32, what reads them is not.
+        annotations = (encoded * mask[..., None]).astype(self.dtype)
         n = self.config.hidden_dim
         first_backward = annotations[:, 0, n:]  # <-h_1: the backward RNN's final state
         carry: Carry = {"source_mask": mask}
         if self.config.attention:
             carry["annotations"] = annotations
             carry["projected_keys"] = self.key_proj(annotations)
-            carry["state"] = jnp.tanh(self.init_state(first_backward))
+            carry["state"] = jnp.tanh(self.init_state(first_backward)).astype(_STATE_DTYPE)
         else:
             last = jnp.maximum(lengths - 1, 0)
             last_forward = jnp.take_along_axis(annotations[..., :n], last[:, None, None], axis=1)
@@ -103,19 +135,20 @@ class RNNSearch(nnx.Module):
                 self.summary(jnp.concatenate([last_forward[:, 0], first_backward], axis=-1))
             )
             carry["summary"] = summary
-            carry["state"] = jnp.tanh(self.init_state(summary))
+            carry["state"] = jnp.tanh(self.init_state(summary)).astype(_STATE_DTYPE)
         return carry
 
     def _attend(self, carry: Carry) -> tuple[Array, Array]:
         """Context c_i ``[B, 2D]`` and weights ``[B, S]`` for the state s_{i-1} in ``carry``."""
         if not self.config.attention:
             return carry["summary"], jnp.zeros(carry["source_mask"].shape, jnp.float32)
+        # The kernel wants one dtype for all its inputs: the compute dtype.
         context, weights = additive.additive_attention(
-            carry["state"][:, None],
+            carry["state"][:, None].astype(self.dtype),
             carry["projected_keys"],
             carry["annotations"],
-            w_query=self.query_proj[...],
-            v=self.score[...],
+            w_query=self.query_proj[...].astype(self.dtype),
+            v=self.score[...].astype(self.dtype),
             mask=carry["source_mask"][:, None, :],
             return_weights=True,
         )

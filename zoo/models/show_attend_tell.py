@@ -21,6 +21,13 @@ tanh inside the deep output, dropout on ``h_t`` and on that tanh layer, one tanh
 each initial-state MLP. We keep one hidden layer in ``f_att`` (the zoo's additive kernel)
 where their COCO setting stacks two.
 
+Mixed precision (``zoo.precision``): the CNN, embeddings, attention, gate, LSTM matmuls and
+readout run in ``config.dtype`` over parameters in ``config.param_dtype``. What stays float32:
+the LSTM's memory and hidden state (they carry the whole caption), GroupNorm's statistics and
+normalization (flax casts only its result), the mean annotation behind the initial state, the
+attention softmax (the kernel's; the weights for the pictures and eq. (14) are float32); the
+logits come in ``config.dtype`` and the task casts them to float32 for the loss.
+
 Shapes (``zoo.shapes``): images ``[B, H, W, C]`` float; annotations ``[B, L, D]`` with
 ``L = gh * gw``, cell ``(row, col)`` at index ``row * gw + col`` (so ``weights.reshape(...,
 gh, gw)`` is the attention map); captions ``[B, T]`` int; attention weights ``[B, T, L]``.
@@ -35,10 +42,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zoo import precision
 from zoo.kernels import additive
 from zoo.shapes import Array, PRNGKey
 
 __all__ = ["ShowAttendTell", "ShowAttendTellConfig", "doubly_stochastic_penalty"]
+
+# The LSTM's memory and hidden state (and the gate kept for analysis), whatever the compute dtype.
+_STATE_DTYPE = jnp.float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +71,14 @@ class ShowAttendTellConfig:
     # the forward pass is given rngs.
     dropout_rate: float = 0.5
     pad_id: int = 0  # padding token of the captions
+    # Compute dtype of activations, matmuls and logits: "float32" | "bfloat16" | "float16", or
+    # "auto" (float32 on CPU, bfloat16 on GPU/TPU, decided when the model is built).
+    dtype: str = "auto"
+    # Dtype the parameters are stored and updated in; float32 under bfloat16 compute.
+    param_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        precision.check(self.dtype, self.param_dtype)
 
 
 # Keys of the decoder state, every leaf batch-first (the zoo.decoding contract).
@@ -75,38 +94,41 @@ class ShowAttendTell(nnx.Module):
         self.config = config
         c = config
         m, n, d, a = c.embed_dim, c.hidden_dim, c.annotation_dim, c.attention_dim
+        dtype, param_dtype = precision.resolve(c.dtype, c.param_dtype)
+        self.dtype = dtype
+        kw: dict[str, Any] = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         if c.image_channels is not None:
             widths = [c.image_channels, *c.conv_channels, d]
             self.convs = nnx.List(
                 [
                     # The norm's bias makes a conv bias redundant.
-                    nnx.Conv(w_in, w_out, (3, 3), use_bias=False, rngs=rngs)
+                    nnx.Conv(w_in, w_out, (3, 3), use_bias=False, **kw)
                     for w_in, w_out in itertools.pairwise(widths)
                 ]
             )
             self.norms = nnx.List(
                 # 32 groups (Wu & He 2018) when the width allows, else the largest divisor.
-                [nnx.GroupNorm(w, num_groups=math.gcd(32, w), rngs=rngs) for w in widths[1:]]
+                [nnx.GroupNorm(w, num_groups=math.gcd(32, w), **kw) for w in widths[1:]]
             )
-        self.embed = nnx.Embed(config.vocab_size, m, rngs=rngs)
+        self.embed = nnx.Embed(config.vocab_size, m, **kw)
         # f_init,c and f_init,h: c_0, h_0 from the mean annotation (sec. 3.1.2), one tanh
         # layer each as in arctic-captions' ff_memory / ff_state.
-        self.init_memory = nnx.Linear(d, n, rngs=rngs)
-        self.init_hidden = nnx.Linear(d, n, rngs=rngs)
+        self.init_memory = nnx.Linear(d, n, **kw)
+        self.init_hidden = nnx.Linear(d, n, **kw)
         # f_att of eq. (4) as the additive kernel: U_a (+ bias) on the annotations once per
         # image, W_a on h_{t-1}, v_a (Bahdanau et al. 2014, eq. (6)).
         normal = nnx.initializers.lecun_normal()
-        self.key_proj = nnx.Param(normal(rngs.params(), (d, a)))
-        self.key_bias = nnx.Param(jnp.zeros((a,)))
-        self.query_proj = nnx.Param(normal(rngs.params(), (n, a)))
-        self.score = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (a,)))
-        self.selector = nnx.Linear(n, 1, rngs=rngs)  # f_beta, sec. 4.2.1
+        self.key_proj = nnx.Param(normal(rngs.params(), (d, a), param_dtype))
+        self.key_bias = nnx.Param(jnp.zeros((a,), param_dtype))
+        self.query_proj = nnx.Param(normal(rngs.params(), (n, a), param_dtype))
+        self.score = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (a,), param_dtype))
+        self.selector = nnx.Linear(n, 1, **kw)  # f_beta, sec. 4.2.1
         # The LSTM reads [E y_{t-1}; z_t] (eq. (1)): one input matrix on the concatenation.
-        self.decoder = nnx.LSTMCell(m + d, n, rngs=rngs)
+        self.decoder = nnx.LSTMCell(m + d, n, **kw)
         # Deep output, eq. (7): L_o(E y_{t-1} + L_h h_t + L_z z_t).
-        self.out_hidden = nnx.Linear(n, m, rngs=rngs)  # L_h
-        self.out_context = nnx.Linear(d, m, use_bias=False, rngs=rngs)  # L_z
-        self.readout = nnx.Linear(m, config.vocab_size, rngs=rngs)  # L_o
+        self.out_hidden = nnx.Linear(n, m, **kw)  # L_h
+        self.out_context = nnx.Linear(d, m, use_bias=False, **kw)  # L_z
+        self.readout = nnx.Linear(m, config.vocab_size, **kw)  # L_o
 
     def grid_shape(self, height: int, width: int) -> tuple[int, int]:
         """``(gh, gw)`` of the CNN's annotation grid for an ``height x width`` image."""
@@ -135,7 +157,7 @@ class ShowAttendTell(nnx.Module):
                 f"images must be [B, H, W, C] with C = {c.image_channels} and H, W positive "
                 f"multiples of {stride} (one 2x2 pool per conv stage), got shape {images.shape}"
             )
-        x = images.astype(jnp.float32)
+        x = images.astype(self.dtype)
         last = len(self.convs) - 1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = jax.nn.relu(norm(conv(x)))
@@ -149,16 +171,18 @@ class ShowAttendTell(nnx.Module):
         return self._init_state(self._annotations(images))
 
     def _init_state(self, annotations: Array) -> State:
-        mean = annotations.mean(axis=1)  # (1/L) sum_i a_i, sec. 3.1.2
+        mean = annotations.mean(axis=1, dtype=jnp.float32)  # (1/L) sum_i a_i, sec. 3.1.2
         B = annotations.shape[0]
         return {
             "annotations": annotations,  # [B, L, D]
             "projected_keys": additive.project_keys(
-                annotations, self.key_proj[...], self.key_bias[...]
+                annotations,
+                self.key_proj[...].astype(self.dtype),
+                self.key_bias[...].astype(self.dtype),
             ),  # [B, L, A], computed once per image
-            "memory": jnp.tanh(self.init_memory(mean)),  # c, [B, n]
-            "hidden": jnp.tanh(self.init_hidden(mean)),  # h, [B, n]
-            "gate": jnp.zeros((B,), jnp.float32),  # beta of the latest step, for analysis
+            "memory": jnp.tanh(self.init_memory(mean)).astype(_STATE_DTYPE),  # c, [B, n]
+            "hidden": jnp.tanh(self.init_hidden(mean)).astype(_STATE_DTYPE),  # h, [B, n]
+            "gate": jnp.zeros((B,), _STATE_DTYPE),  # beta of the latest step, for analysis
         }
 
     def step(
@@ -174,13 +198,14 @@ class ShowAttendTell(nnx.Module):
                 f"{getattr(previous, 'shape', '')}"
             )
         hidden = state["hidden"]
-        # Eq. (4)-(5): e_ti = f_att(a_i, h_{t-1}), alpha_t = softmax_i(e_ti).
+        # Eq. (4)-(5): e_ti = f_att(a_i, h_{t-1}), alpha_t = softmax_i(e_ti). The kernel
+        # wants one dtype for all its inputs: the compute dtype.
         context, weights = additive.additive_attention(
-            hidden[:, None],
+            hidden[:, None].astype(self.dtype),
             state["projected_keys"],
             state["annotations"],
-            w_query=self.query_proj[...],
-            v=self.score[...],
+            w_query=self.query_proj[...].astype(self.dtype),
+            v=self.score[...].astype(self.dtype),
             return_weights=True,
         )
         # Sec. 4.2.1: z_t = beta_t * sum_i alpha_ti a_i, beta_t = sigmoid(f_beta(h_{t-1})).
@@ -195,7 +220,12 @@ class ShowAttendTell(nnx.Module):
         out = self.out_hidden(self._dropout(hidden, hidden_key))
         out = jnp.tanh(embedded + out + self.out_context(context))
         logits = self.readout(self._dropout(out, out_key))
-        new_state = {**state, "memory": memory, "hidden": hidden, "gate": gate[:, 0]}
+        new_state = {
+            **state,
+            "memory": memory,
+            "hidden": hidden,
+            "gate": gate[:, 0].astype(_STATE_DTYPE),
+        }
         return logits, new_state, weights[:, 0]
 
     @overload
@@ -276,7 +306,7 @@ class ShowAttendTell(nnx.Module):
             if channels is not None:
                 expected = f"images [B, H, W, C] with C = {channels}, or {expected}"
             raise ValueError(f"images must be {expected}, got shape {images.shape}")
-        return images.astype(jnp.float32)
+        return images.astype(self.dtype)
 
     def _dropout(self, x: Array, key: PRNGKey | None) -> Array:
         rate = self.config.dropout_rate

@@ -14,6 +14,12 @@ blocks make two models:
 * :class:`TransformerLM`, a decoder-only language model (GPT; Radford et al. 2018, 2019):
   learned, sinusoidal or rotary positions, grouped-query attention, optional weight tying.
 
+Mixed precision (``zoo.precision``): ``TransformerConfig.dtype`` is the dtype of the
+activations, matmuls and logits, ``param_dtype`` that of the parameters. What stays float32
+whatever ``dtype`` says: the softmax inside the kernels (and so the attention weights they
+return), LayerNorm's mean and variance and the normalization itself (flax casts only its
+result), the sinusoidal and rotary angles; the tasks cast the logits to float32 for the loss.
+
 Attention runs through a kernel chosen by ``TransformerConfig.kernel`` or passed to the
 constructor, so the same parameters run on :func:`zoo.kernels.dot_product_attention` and on
 the blockwise kernel. Dropout is driven by ``rngs`` passed at call time (an ``nnx.Rngs`` with a
@@ -36,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zoo import precision
 from zoo.kernels import KERNELS
 from zoo.kernels.positional import sinusoidal_positions
 from zoo.nn import FeedForward, KVCache, MultiHeadAttention
@@ -87,8 +94,15 @@ class TransformerConfig:
     activation: str = "relu"  # feed-forward nonlinearity: "relu" (eq. (2)) | "gelu" (GPT-2)
     init_std: float | None = None  # None: Glorot weights, N(0, 1/D) embeddings; else GPT-2's
     layer_norm_epsilon: float = 1e-6  # tensor2tensor's 1e-6; GPT-2 uses 1e-5
-    kernel: str = "reference"  # attention kernel: "reference" | "blockwise" (no weights)
+    # Attention kernel (zoo.kernels.KERNELS): "auto" (the fastest for the platform, see
+    # zoo.kernels.explain) | "reference" | "blockwise" (the last two: the zoo's own).
+    kernel: str = "auto"
     pad_id: int = 0  # source padding token, never attended (encoder-decoder only)
+    # Compute dtype of activations, matmuls and logits: "float32" | "bfloat16" | "float16", or
+    # "auto" (float32 on CPU, bfloat16 on GPU/TPU, decided when the model is built).
+    dtype: str = "auto"
+    # Dtype the parameters are stored and updated in; float32 under bfloat16 compute.
+    param_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "model_dim", "ff_dim", "num_heads", "num_layers", "max_length"):
@@ -124,6 +138,7 @@ class TransformerConfig:
             raise ValueError(
                 f"pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}"
             )
+        precision.check(self.dtype, self.param_dtype)
 
     @property
     def head_dim(self) -> int:
@@ -201,6 +216,19 @@ def _initializers(config: TransformerConfig) -> tuple[nnx.Initializer, ...]:
     )
 
 
+def _precision(config: TransformerConfig) -> dict[str, Any]:
+    """``dtype=`` and ``param_dtype=`` keyword arguments for every layer of the model."""
+    dtype, param_dtype = precision.resolve(config.dtype, config.param_dtype)
+    return {"dtype": dtype, "param_dtype": param_dtype}
+
+
+def _layer_norm(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Statistics in float32 whatever the dtype (flax); only the output is cast to it.
+    return nnx.LayerNorm(
+        config.model_dim, epsilon=config.layer_norm_epsilon, rngs=rngs, **_precision(config)
+    )
+
+
 def _resolve_kernel(config: TransformerConfig, kernel: Kernel | None) -> Kernel:
     if kernel is not None:
         return kernel
@@ -223,9 +251,10 @@ class Embedding(nnx.Module):
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
         self.config = config
         init = _initializers(config)[2]
-        self.tokens = nnx.Embed(config.vocab_size, config.model_dim, embedding_init=init, rngs=rngs)
+        kwargs = {"embedding_init": init, "rngs": rngs, **_precision(config)}
+        self.tokens = nnx.Embed(config.vocab_size, config.model_dim, **kwargs)
         self.positions = (
-            nnx.Embed(config.max_length, config.model_dim, embedding_init=init, rngs=rngs)
+            nnx.Embed(config.max_length, config.model_dim, **kwargs)
             if config.positions == "learned"
             else None
         )
@@ -275,10 +304,11 @@ class Block(nnx.Module):
                 kernel_init=init,
                 out_init=out_init,
                 rngs=rngs,
+                **_precision(config),
             )
 
         def norm() -> nnx.LayerNorm:
-            return nnx.LayerNorm(config.model_dim, epsilon=config.layer_norm_epsilon, rngs=rngs)
+            return _layer_norm(config, rngs=rngs)
 
         self.self_attention = attention(rotary=config.positions == "rotary")
         self.self_attention_norm = norm()
@@ -292,6 +322,7 @@ class Block(nnx.Module):
             kernel_init=init,
             out_init=out_init,
             rngs=rngs,
+            **_precision(config),
         )
         self.feed_forward_norm = norm()
         self.dropout = nnx.Dropout(config.dropout_rate)
@@ -355,11 +386,7 @@ class Encoder(nnx.Module):
                 for _ in range(config.num_layers)
             ]
         )
-        self.final_norm = (
-            nnx.LayerNorm(config.model_dim, epsilon=config.layer_norm_epsilon, rngs=rngs)
-            if config.pre_norm
-            else None
-        )
+        self.final_norm = _layer_norm(config, rngs=rngs) if config.pre_norm else None
 
     def __call__(
         self,
@@ -392,11 +419,7 @@ class Decoder(nnx.Module):
                 for _ in range(config.num_layers)
             ]
         )
-        self.final_norm = (
-            nnx.LayerNorm(config.model_dim, epsilon=config.layer_norm_epsilon, rngs=rngs)
-            if config.pre_norm
-            else None
-        )
+        self.final_norm = _layer_norm(config, rngs=rngs) if config.pre_norm else None
 
     def __call__(
         self,
@@ -455,6 +478,7 @@ class _DecodingModel(nnx.Module):
                 use_bias=False,
                 kernel_init=_initializers(config)[0],
                 rngs=rngs,
+                **_precision(config),
             )
         )
 

@@ -67,6 +67,8 @@ class MultiHeadAttention(nnx.Module):
         kernel: Kernel = dot_product_attention,
         kernel_init: nnx.Initializer = _GLOROT,
         out_init: nnx.Initializer | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
         """Args:
@@ -80,6 +82,9 @@ class MultiHeadAttention(nnx.Module):
         kernel: the attention function.
         kernel_init: initializer of the query/key/value projection matrices.
         out_init: initializer of the output projection; ``kernel_init`` if None.
+        dtype: of the projections' computation and outputs, and of the cache; None: inferred
+          from inputs and parameters. The kernel's softmax is float32 whatever it is.
+        param_dtype: of the projection matrices and biases.
         rngs: parameter initialization.
         """
         K = num_heads if num_kv_heads is None else num_kv_heads
@@ -108,9 +113,18 @@ class MultiHeadAttention(nnx.Module):
         self.rotary, self.rotary_base = rotary, rotary_base
         self.dropout_rate = dropout_rate
         self.kernel = kernel
+        self.dtype = dtype
 
         def linear(d_in: int, d_out: int, init: nnx.Initializer) -> nnx.Linear:
-            return nnx.Linear(d_in, d_out, use_bias=use_bias, kernel_init=init, rngs=rngs)
+            return nnx.Linear(
+                d_in,
+                d_out,
+                use_bias=use_bias,
+                kernel_init=init,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
 
         self.query = linear(model_dim, num_heads * H, kernel_init)  # W^Q
         self.key = linear(model_dim, K * H, kernel_init)  # W^K
@@ -162,12 +176,15 @@ class MultiHeadAttention(nnx.Module):
             key = apply_rotary(key, positions, base=self.rotary_base)
         return self._attend(query, key, value, mask, is_causal, return_weights, rngs)
 
-    def init_cache(self, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> KVCache:
-        """An empty cache of ``max_length`` (M) slots for ``batch_size`` (B) rows."""
+    def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
+        """An empty cache of ``max_length`` (M) slots for ``batch_size`` (B) rows, in ``dtype``
+        (None: the module's compute dtype, float32 if it has none)."""
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         shape = (batch_size, max_length, self.num_kv_heads, self.head_dim)
+        if dtype is None:
+            dtype = jnp.float32 if self.dtype is None else self.dtype
         return KVCache(
             key=jnp.zeros(shape, dtype),
             value=jnp.zeros(shape, dtype),

@@ -6,8 +6,10 @@ inner width ``F`` (the paper's ``d_ff``).
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from zoo.shapes import Array
@@ -30,6 +32,8 @@ class FeedForward(nnx.Module):
         use_bias: bool = True,
         kernel_init: nnx.Initializer = _GLOROT,
         out_init: nnx.Initializer | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
         """Args:
@@ -39,15 +43,25 @@ class FeedForward(nnx.Module):
         use_bias: the biases ``b_1, b_2`` of eq. (2).
         kernel_init: initializer of ``W_1``.
         out_init: initializer of ``W_2``; ``kernel_init`` if None.
+        dtype: of the computation and the output; None: inferred from inputs and parameters.
+        param_dtype: of ``W_1, b_1, W_2, b_2``.
         rngs: parameter initialization.
         """
         self.activation = activation
-        self.hidden = nnx.Linear(
-            model_dim, hidden_dim, use_bias=use_bias, kernel_init=kernel_init, rngs=rngs
-        )
-        self.output = nnx.Linear(
-            hidden_dim, model_dim, use_bias=use_bias, kernel_init=out_init or kernel_init, rngs=rngs
-        )
+
+        def linear(d_in: int, d_out: int, init: nnx.Initializer) -> nnx.Linear:
+            return nnx.Linear(
+                d_in,
+                d_out,
+                use_bias=use_bias,
+                kernel_init=init,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+
+        self.hidden = linear(model_dim, hidden_dim, kernel_init)  # W_1, b_1
+        self.output = linear(hidden_dim, model_dim, out_init or kernel_init)  # W_2, b_2
 
     def __call__(self, x: Array) -> Array:
         """``x [..., D] -> [..., D]``."""
