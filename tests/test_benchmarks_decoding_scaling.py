@@ -95,6 +95,7 @@ def test_decoding_target_verdict():
     assert decoding.target(results(9.0))["met"] is False
 
 
+@pytest.mark.slow
 def test_scaling_smoke_writes_every_field(scaling_results):
     results, out = scaling_results
     saved = json.loads((out / "results.json").read_text())

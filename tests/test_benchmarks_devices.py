@@ -141,6 +141,7 @@ def test_projection():
     assert p["comm_over_compute"] == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_two_device_data_parallel_case_sends_the_gradient_all_reduce(tmp_path):
     """The real CLI, one worker process with 2 emulated devices (the smoke LM)."""
     command = [

@@ -41,6 +41,7 @@ def _worker(case, repeats):
         return models.worker(case, repeats, warmup=1)
 
 
+@pytest.mark.slow
 def test_sweep_records_every_case_with_its_fields(sweep):
     out, results = sweep
     assert [c["case"]["model"] for c in results["cases"]] == [c.model for c in SMOKE]
@@ -85,6 +86,7 @@ def test_show_attend_tell_step_compiles_once():
     assert r["tokens_per_s"] == pytest.approx(entry["tokens_per_step"] / r["median_s"])
 
 
+@pytest.mark.slow
 def test_torch_twin_has_the_zoo_parameters_and_loss(sweep):
     pytest.importorskip("torch")
     _, results = sweep

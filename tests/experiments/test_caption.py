@@ -76,6 +76,7 @@ def test_trains_evaluates_checkpoints_and_draws(finished_run):
     assert (workdir / "plots" / "attention_0.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_resume_trains_on_and_visualize_redraws(finished_run):
     workdir, _ = finished_run
     run.main(["caption", "--workdir", str(workdir), "--resume", "--steps", "5"])

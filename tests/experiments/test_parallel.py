@@ -296,6 +296,7 @@ def _assert_close(got: list, want: list) -> None:
 # On 4 emulated devices.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["replicate", "shard"])
 def test_four_devices_train_like_one(runs, rule):
     assert runs["device_count"] == 4

@@ -57,6 +57,7 @@ def test_logs_metrics_and_keeps_last_and_best(uninterrupted):
     assert list((uninterrupted / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reaches_the_same_parameters(uninterrupted, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "tests.experiments.toy_task", str(tmp_path), "12"]

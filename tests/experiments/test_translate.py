@@ -50,6 +50,7 @@ def test_trains_evaluates_checkpoints_and_draws(finished_run):
     assert (workdir / "plots" / "alignment_0.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_resume_trains_on_and_visualize_redraws(finished_run):
     workdir, _ = finished_run
     run.main(["translate", "--workdir", str(workdir), "--resume", "--steps", "6"])
@@ -59,6 +60,7 @@ def test_resume_trains_on_and_visualize_redraws(finished_run):
     assert visualize.main([str(workdir)]) == [plot] and plot.exists()
 
 
+@pytest.mark.slow
 def test_transformer_translates_and_draws_every_head(tmp_path, data_dir):
     metrics = run.main(
         [

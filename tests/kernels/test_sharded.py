@@ -182,6 +182,7 @@ def test_head_batch_parallel_weights_other_kernels_and_dropout():
 # A model on the ring: TransformerLM with ring_attention as its kernel, on 4 devices.
 
 
+@pytest.mark.slow
 def test_transformer_lm_on_the_ring_matches_the_reference_kernel():
     got = _run("ring_transformer_lm", devices=4)
     # The same parameters, the same numbers to float32 rounding (logits ~4, gradients ~20).

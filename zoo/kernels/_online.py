@@ -366,11 +366,11 @@ def _fold_block(score: BlockScore, state: State, q_blk, k, v, params, aux, i, j,
 
 def _forward(score: BlockScore, static: bool, q, k, v, params, aux) -> tuple[Array, Array]:
     """FlashAttention Alg. 1 (FlashAttention-2 loop order: query blocks outside)."""
+    if static:
+        return _forward_static(score, q, k, v, params, aux)
     nq, Z, R, _ = q.shape
     D = v.shape[-1]
     acc = _accumulator(v.dtype)
-    if static:
-        return _forward_static(score, q, k, v, params, aux)
 
     def query_block(_, x):
         i, q_blk = x
@@ -477,7 +477,7 @@ def _backward(score: BlockScore, static: bool, q, k, v, params, aux, out, lse, d
             i, j, first = x
             dk_j, dv_j = (jnp.where(first, 0.0, d).astype(acc) for d in (dk_j, dv_j))
             k_blk, k_grad_blk, v_blk = (
-                lax.dynamic_index_in_dim(x, j, 0, False) for x in (k, k_grad, v)
+                lax.dynamic_index_in_dim(a, j, 0, False) for a in (k, k_grad, v)
             )
             dq_part, dk_part, dv_part, d_params = grads(
                 k_blk, k_grad_blk, v_blk, i=i, j=j, d_params=d_params

@@ -39,6 +39,9 @@ from zoo.shapes import Array
 __all__ = ["additive_attention", "additive_scores", "project_keys"]
 
 _IMPLEMENTATIONS = (None, "reference", "blockwise", "pallas")
+# Up to this many query x key pairs (a decoding step's one query over a sentence, say) the
+# whole hidden layer is small and one fused XLA computation beats a kernel launch per block.
+_SHORT_POSITIONS = 128 * 128
 _FAST = {"blockwise": blockwise_additive_attention, "pallas": pallas_additive_attention}
 
 
@@ -135,8 +138,8 @@ def additive_attention(
         layer at once), ``"blockwise"`` (:func:`zoo.kernels.blockwise_additive_attention`)
         or ``"pallas"`` (:func:`zoo.kernels.pallas_additive.pallas_additive_attention`,
         interpreted on CPU); the last two never form that tensor and give no weights.
-        ``None``: the reference on CPU and whenever the weights are asked for, the Pallas
-        kernel on GPU and TPU.
+        ``None``: the Pallas kernel on GPU and TPU for more than 128 x 128 query x key
+        pairs, else (and whenever the weights are asked for) the reference.
 
     Returns:
       The context ``[B, T, D_v]`` (eq. (5)), and the weights if asked. A query row with no
@@ -147,8 +150,10 @@ def additive_attention(
             f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}"
         )
     if implementation is None:
-        on_cpu = _call.platform_of(jnp.asarray(query)) == "cpu"
-        implementation = "reference" if on_cpu or return_weights else "pallas"
+        query = jnp.asarray(query)
+        short = query.shape[-2] * jnp.shape(projected_keys)[-2] <= _SHORT_POSITIONS
+        on_cpu = _call.platform_of(query) == "cpu"
+        implementation = "reference" if on_cpu or short or return_weights else "pallas"
     if implementation != "reference":
         if return_weights:
             raise ValueError(
