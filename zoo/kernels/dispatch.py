@@ -344,22 +344,24 @@ def _zero_dead(out: Array, live: Array | None) -> Array:
     return out if live is None else jnp.where(live[..., None], out, jnp.zeros((), out.dtype))
 
 
+def _library_call(call: _call.Call) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call as jax.nn's (and tokamax's, the same) positional and keyword arguments."""
+    o = call.options
+    args = (call.query, call.key, call.value, _heads(call.bias), _heads(call.mask))
+    return args, {
+        "scale": o.scale,
+        "is_causal": o.is_causal,
+        "query_seq_lengths": call.query_lengths,
+        "key_value_seq_lengths": call.key_lengths,
+        "local_window_size": o.window,
+    }
+
+
 def _cudnn_core(call: _call.Call, want_weights: bool) -> tuple[Array, None, Array]:
     """cuDNN's fused attention through jax.nn, with the zoo's empty-row convention."""
-    o = call.options
+    args, kwargs = _library_call(call)
     out, lse = jax.nn.dot_product_attention(
-        call.query,
-        call.key,
-        call.value,
-        _heads(call.bias),
-        _heads(call.mask),
-        scale=o.scale,
-        is_causal=o.is_causal,
-        query_seq_lengths=call.query_lengths,
-        key_value_seq_lengths=call.key_lengths,
-        local_window_size=o.window,
-        implementation="cudnn",
-        return_residual=True,
+        *args, **kwargs, implementation="cudnn", return_residual=True
     )
     live = _live_rows(call)
     lse = lse.astype(jnp.promote_types(lse.dtype, jnp.float32))
@@ -374,20 +376,9 @@ def _tokamax_core(
     """tokamax's attention (no residual), with the zoo's empty-row convention."""
     import tokamax  # optional: the accelerators extra; why_not checked it is installed
 
-    o = call.options
+    args, kwargs = _library_call(call)
     out = tokamax.dot_product_attention(
-        call.query,
-        call.key,
-        call.value,
-        _heads(call.bias),
-        _heads(call.mask),
-        scale=o.scale,
-        is_causal=o.is_causal,
-        query_seq_lengths=call.query_lengths,
-        key_value_seq_lengths=call.key_lengths,
-        local_window_size=o.window,
-        precision=o.precision,
-        implementation=implementation,
+        *args, **kwargs, precision=call.options.precision, implementation=implementation
     )
     return _zero_dead(out, _live_rows(call)), None, None
 
