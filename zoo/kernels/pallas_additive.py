@@ -362,9 +362,10 @@ def _mask_index(keep: Array) -> Any:
     return (lambda b: b) if keep.shape[0] > 1 else (lambda b: 0)
 
 
-def _forward(config: _Config, pq, pk, vals, v_row, keep) -> tuple[Array, Array]:
-    """``(context [B, T, D_v] in the values' dtype, lse [B, T, 1] float32)``, padded."""
-    B, T, A = pq.shape
+def _query_side_inputs(config: _Config, pq, pk, vals, v_row, keep) -> tuple[list[Any], list[Array]]:
+    """The block specs and arrays shared by the kernels with one program per (batch row,
+    query block): that query block, all keys and values, ``v_a``, the block's mask rows."""
+    A = pq.shape[2]
     S, D = vals.shape[1:]
     bt = config.bt
     in_specs = [
@@ -378,6 +379,15 @@ def _forward(config: _Config, pq, pk, vals, v_row, keep) -> tuple[Array, Array]:
         mb = _mask_index(keep)
         in_specs.append(pl.BlockSpec((None, bt, S), lambda b, i: (mb(b), i, 0)))
         args.append(keep)
+    return in_specs, args
+
+
+def _forward(config: _Config, pq, pk, vals, v_row, keep) -> tuple[Array, Array]:
+    """``(context [B, T, D_v] in the values' dtype, lse [B, T, 1] float32)``, padded."""
+    B, T, _ = pq.shape
+    D = vals.shape[2]
+    bt = config.bt
+    in_specs, args = _query_side_inputs(config, pq, pk, vals, v_row, keep)
     kernel = functools.partial(_forward_kernel, config=config, has_mask=keep is not None)
     return pl.pallas_call(
         kernel,
@@ -402,20 +412,10 @@ def _query_grads(
 ) -> tuple[Array, Array]:
     """``(d projected query [B, T, A], dv_a per program [B, nq, 1, A] float32)``."""
     B, T, A = pq.shape
-    S, D = vals.shape[1:]
+    D = vals.shape[2]
     bt = config.bt
     rows = pl.BlockSpec((None, bt, 1), lambda b, i: (b, i, 0))
-    in_specs = [
-        pl.BlockSpec((None, bt, A), lambda b, i: (b, i, 0)),
-        pl.BlockSpec((None, S, A), lambda b, i: (b, 0, 0)),
-        pl.BlockSpec((None, S, D), lambda b, i: (b, 0, 0)),
-        pl.BlockSpec((1, A), lambda b, i: (0, 0)),
-    ]
-    args = [pq, pk, vals, v_row]
-    if keep is not None:
-        mb = _mask_index(keep)
-        in_specs.append(pl.BlockSpec((None, bt, S), lambda b, i: (mb(b), i, 0)))
-        args.append(keep)
+    in_specs, args = _query_side_inputs(config, pq, pk, vals, v_row, keep)
     in_specs += [pl.BlockSpec((None, bt, D), lambda b, i: (b, i, 0)), rows, rows]
     args += [d_context, lse, delta]
     kernel = functools.partial(_query_grads_kernel, config=config, has_mask=keep is not None)
