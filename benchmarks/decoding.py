@@ -9,9 +9,10 @@ tiny preset, or nanoGPT's shakespeare_char), untrained, its learned position tab
 enough for the longest run. Each run generates ``N`` tokens greedily after a random prompt of
 16 tokens; the end token's logit is masked out, so that every run generates exactly ``N``.
 
-* **KV cache**: ``TransformerLM.init_cache`` / ``prefill`` (all but the last prompt token),
-  then ``zoo.decoding.greedy_search`` over ``TransformerLM.step``, one jitted function (the
-  steps run in a ``lax.while_loop``): one new query per step, attending over the cache.
+* **KV cache**: ``TransformerLM.init_decode_state`` (the cache filled with all but the last
+  prompt token), then ``zoo.decoding.greedy_search`` over ``TransformerLM.step``, one jitted
+  function (the steps run in a ``lax.while_loop``): one new query per step, attending over
+  the cache.
 * **Full recomputation**: every step re-runs the model's forward pass over the whole prefix
   and takes the argmax of the last position's logits. The cheapest honest way to do that
   under ``jit``: the token buffer is padded to the next multiple of ``--bucket`` tokens (64)
@@ -122,9 +123,8 @@ class Decoders:
     ) -> jax.Array:
         """``length`` tokens after ``prompt [B, P]``: greedy ``[B, N]`` or beams ``[B, W, N]``."""
         model = nnx.merge(self.graphdef, state)
-        B, P = prompt.shape
-        cache = model.init_cache(B, P - 1 + length)
-        _, cache = model.prefill(prompt[:, :-1], cache)
+        P = prompt.shape[1]
+        cache = model.init_decode_state(model.encode(prompt), P - 1 + length)
 
         def step(tokens: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
             logits, cache = model.step(tokens, cache)

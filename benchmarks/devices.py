@@ -4,7 +4,7 @@
     python -m benchmarks.devices --mode full    # P = 1, 2, 4, 8, longer context, every variant
 
 For each device count ``P`` a fresh process (``XLA_FLAGS=--xla_force_host_platform_device_count=P``)
-builds the runner's training step (``experiments.runner._train_step`` with ``make_optimizer``'s
+builds the runner's training step (``experiments.runner.train_step`` with ``make_optimizer``'s
 clipped AdamW, state donated) in these variants and times them interleaved:
 
 * ``dp/replicate``, ``dp/shard``: data parallelism as ``experiments.parallel`` places it, the lm
@@ -65,9 +65,9 @@ def _sequence_loss(model: Any, batch: dict[str, Any], rng: Any) -> tuple[Any, di
     splits evenly over the sequence devices (``lm.loss_fn`` shifts one ``[B, T + 1]`` array)."""
     import jax.numpy as jnp
 
-    from experiments.tasks import lm
+    from experiments.losses import masked_cross_entropy
 
-    total, count = lm._nll(model(batch["inputs"], rngs=rng), batch["targets"])
+    total, count = masked_cross_entropy(model(batch["inputs"], rngs=rng), batch["targets"])
     return total / jnp.maximum(count, 1), {}
 
 
@@ -85,7 +85,7 @@ class _Step:
         from jax.sharding import PartitionSpec as P
 
         from experiments import parallel
-        from experiments.runner import _train_step, make_optimizer
+        from experiments.runner import make_optimizer, train_step
 
         # As experiments.runner.train builds it.
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -94,7 +94,7 @@ class _Step:
         self.opt_state = parallel.place(optimizer.init(self.params), mesh, rule)
         fn = jax.jit(
             functools.partial(
-                _train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
+                train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
             ),
             donate_argnums=(0, 1),
             out_shardings=(

@@ -4,7 +4,7 @@
     python -m benchmarks.models --mode full    # adds shakespeare_char at B = 64, 10 steps each
 
 For every case a fresh subprocess builds the zoo's training step exactly as the runner does
-(``benchmarks/train_steps.py``: the preset's model and loss, ``_train_step`` with
+(``benchmarks/train_steps.py``: the preset's model and loss, ``train_step`` with
 ``make_optimizer``'s AdamW, donated state), measures its compilation (JAX's trace / lower /
 XLA compile events of the first call) and checks that a second call with the same shapes
 compiles nothing. For the decoder-only LM it also builds the PyTorch twin
@@ -90,7 +90,7 @@ def _torch_twin(
     import torch
 
     from benchmarks import torch_lm
-    from experiments.data.translation import PAD_ID
+    from experiments.data.tokenizer import PAD_ID
 
     model = torch_lm.TorchLM(built["model"].config)
     parameters = torch_lm.count_parameters(model)

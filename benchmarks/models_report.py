@@ -53,7 +53,7 @@ def markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + (f"; XLA_FLAGS={m['xla_flags']}" if m["xla_flags"] else ""),
         "",
-        "One optimizer step (AdamW, clipping, the runner's `_train_step`; the PyTorch twin the "
+        "One optimizer step (AdamW, clipping, the runner's `train_step`; the PyTorch twin the "
         "same) on a fixed synthetic batch. Median of the timed steps after warm-up, every row "
         "of a case interleaved with the others. tokens = predicted target tokens. Model "
         f"FLOPs (LM): {results['flops_formula']}; `of matmul` divides by the best dense fp32 "

@@ -8,7 +8,7 @@ The LM is the lm experiment's tiny preset (``benchmarks/train_steps.py``: 4 laye
 GELU, learned positions, tied embeddings, AdamW) at width ``D`` with ``D / 32`` heads (the
 preset's head width) and a ``4 D`` feed-forward layer, its position table as long as the
 context, its attention kernel chosen by ``TransformerConfig.kernel``. The step is the
-runner's (``experiments.runner._train_step`` with ``make_optimizer``, parameters and optimizer
+runner's (``experiments.runner.train_step`` with ``make_optimizer``, parameters and optimizer
 state donated, via ``benchmarks.train_steps.ZooStep``) with the lm experiment's loss, on one
 batch of random tokens.
 

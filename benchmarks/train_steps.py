@@ -1,7 +1,7 @@
 """The zoo's training steps as the runner runs them, on synthetic batches of the presets' shapes.
 
 Each model comes from its experiment's preset (``experiments/tasks``), its loss is the task's
-own ``loss_fn``, and the step is the runner's: ``experiments.runner._train_step`` with
+own ``loss_fn``, and the step is the runner's: ``experiments.runner.train_step`` with
 ``make_optimizer``'s optimizer, jitted with the parameters and optimizer state donated, the
 step's key ``fold_in(seed key, step)`` (see ``experiments.runner.train``). Only the data is
 synthetic: random tokens (no padding) and images of the shapes the real data has, every row
@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.config import TrainConfig
-from experiments.runner import _train_step, make_optimizer
+from experiments.runner import make_optimizer, train_step
 from zoo.models.transformer import TransformerConfig, count_parameters
 
 __all__ = [
@@ -121,7 +121,7 @@ def _lm(preset: str, kernel: str, batch_size: int) -> dict[str, Any]:
 
 
 def _rnnsearch(preset: str, batch_size: int) -> dict[str, Any]:
-    from experiments.data.translation import PAD_ID
+    from experiments.data.tokenizer import PAD_ID
     from experiments.tasks import translate
     from zoo.models.rnnsearch import RNNSearch
 
@@ -183,7 +183,7 @@ class ZooStep:
         # As experiments.runner.train builds it (one device: no shardings to give).
         self.fn = jax.jit(
             functools.partial(
-                _train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
+                train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
             ),
             donate_argnums=(0, 1),
         )

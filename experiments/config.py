@@ -3,18 +3,103 @@
 An experiment's config is a dataclass of sub-configs (``data``, ``model``, ``train``), each a
 frozen dataclass with a comment per field. Overrides name a dotted path
 (``--set model.hidden_dim=64``) and are parsed by the field's declared type, never evaluated.
+
+Each config checks its fields in ``__post_init__`` with ``check_range`` and ``check_choice``,
+so a bad value is a ``ConfigError`` naming the field and what it may be, raised where the
+config is built: by a preset, ``from_dict`` (a saved config.json) or ``dataclasses.replace``
+(``--set``, ``--steps``), before anything is prepared, compiled or trained.
 """
 
 import dataclasses
 import json
+import math
+import numbers
 import pathlib
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, TypeVar
+
+from experiments.errors import ConfigError
 
 C = TypeVar("C")
 
-__all__ = ["TrainConfig", "apply_overrides", "from_dict", "load", "save", "to_dict"]
+__all__ = [
+    "OPTIMIZERS",
+    "PARAM_SHARDINGS",
+    "SCHEDULES",
+    "ConfigError",
+    "TrainConfig",
+    "apply_overrides",
+    "check_choice",
+    "check_range",
+    "from_dict",
+    "load",
+    "save",
+    "to_dict",
+]
+
+SCHEDULES = ("constant", "cosine", "rsqrt")
+OPTIMIZERS = ("adam", "adamw", "adadelta")
+PARAM_SHARDINGS = ("replicate", "shard")
+
+
+def check_range(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    at_least: float | None = None,
+    greater_than: float | None = None,
+    at_most: float | None = None,
+    less_than: float | None = None,
+    integer: bool = False,
+    finite: bool = True,
+) -> None:
+    """Raise ConfigError unless ``value`` is a number within the given bounds.
+
+    For a config's ``__post_init__``: ``check_range("train", "steps", self.steps, at_least=1,
+    integer=True)`` raises ``train.steps: expected an int >= 1, got 0``.
+
+    Args:
+      owner: the config's name in a dotted ``--set`` path ("train", "data", "model", "eval").
+      name: the field.
+      value: its value; a bool is never a number here.
+      at_least, greater_than, at_most, less_than: the bounds (inclusive, exclusive, inclusive,
+        exclusive); None for no bound on that side.
+      integer: the value must be an int (not a float, even a whole one).
+      finite: infinities are out of range too (NaN always is).
+    """
+    bounds = [
+        (at_least, ">=", lambda v, b: v >= b),
+        (greater_than, ">", lambda v, b: v > b),
+        (at_most, "<=", lambda v, b: v <= b),
+        (less_than, "<", lambda v, b: v < b),
+    ]
+    wanted = " and ".join(f"{sign} {bound:g}" for bound, sign, _ in bounds if bound is not None)
+    kind = "an int" if integer else ("a finite number" if finite else "a number")
+    expected = f"{kind} {wanted}".strip()
+    numeric = isinstance(value, int if integer else numbers.Real) and not isinstance(value, bool)
+    ok = (
+        numeric
+        and not math.isnan(value)
+        and (math.isfinite(value) or not finite)
+        and all(holds(value, bound) for bound, _, holds in bounds if bound is not None)
+    )
+    if not ok:
+        raise ConfigError(f"{owner}.{name}: expected {expected}, got {value!r}")
+
+
+def check_choice(owner: str, name: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``choices``.
+
+    ``check_choice("train", "schedule", self.schedule, SCHEDULES)`` raises
+    ``train.schedule: expected one of 'constant', 'cosine', 'rsqrt', got 'linear'``.
+    """
+    choices = tuple(choices)
+    if value not in choices:
+        listed = ", ".join(repr(choice) for choice in choices)
+        raise ConfigError(f"{owner}.{name}: expected one of {listed}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +128,29 @@ class TrainConfig:
     # array split along its largest axis that `devices` divides, as in FSDP).
     param_sharding: str = "replicate"
 
+    def __post_init__(self) -> None:
+        at_least = {
+            "steps": 1,
+            "batch_size": 1,
+            "warmup_steps": 0,
+            "eval_every": 1,
+            "checkpoint_every": 1,
+            "keep_last": 1,
+            "log_every": 1,
+            "devices": 0,
+        }
+        for name, low in at_least.items():
+            check_range("train", name, getattr(self, name), at_least=low, integer=True)
+        check_range("train", "seed", self.seed, integer=True)
+        check_range("train", "learning_rate", self.learning_rate, greater_than=0)
+        check_range("train", "weight_decay", self.weight_decay, at_least=0)
+        # An infinite norm is a valid way to turn clipping off (optax.clip_by_global_norm).
+        check_range("train", "clip_norm", self.clip_norm, greater_than=0, finite=False)
+        check_range("train", "label_smoothing", self.label_smoothing, at_least=0, less_than=1)
+        check_choice("train", "schedule", self.schedule, SCHEDULES)
+        check_choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("train", "param_sharding", self.param_sharding, PARAM_SHARDINGS)
+
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
@@ -57,13 +165,29 @@ def from_dict(cls: type[C], values: dict[str, Any]) -> C:
         raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; valid: {sorted(names)}")
     kwargs = {}
     for name, value in values.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            value = from_dict(kind, value)  # type: ignore[arg-type]
+        kind = _dataclass_of(hints[name], value)
+        if kind is not None:
+            value = from_dict(kind, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _dataclass_of(kind: Any, value: Any) -> Any:
+    """The dataclass a saved dict ``value`` of a field annotated ``kind`` rebuilds: ``kind``
+    itself, or of a union of dataclasses (``RNNSearchConfig | TransformerConfig``) the one
+    member whose fields hold every saved key. None when ``value`` is not a saved dataclass."""
+    if not isinstance(value, dict):
+        return None
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        members = [k for k in typing.get_args(kind) if dataclasses.is_dataclass(k)]
+        fits = [k for k in members if set(value) <= {f.name for f in dataclasses.fields(k)}]
+        if len(fits) != 1:
+            names = [getattr(k, "__name__", str(k)) for k in members]
+            raise ValueError(f"saved fields {sorted(value)} fit {len(fits)} of {names}, not one")
+        return fits[0]
+    return kind if dataclasses.is_dataclass(kind) else None
 
 
 def save(config: Any, path: pathlib.Path) -> None:
@@ -80,7 +204,10 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
         key, sep, text = override.partition("=")
         if not sep:
             raise ValueError(f"--set expects key=value, got {override!r}")
-        config = _replace_path(config, key.strip().split("."), text.strip(), key)
+        try:
+            config = _replace_path(config, key.strip().split("."), text.strip(), key)
+        except ConfigError as error:  # a config's own check, run again by dataclasses.replace
+            raise ConfigError(f"{error} (from --set {override})") from None
     return config
 
 

@@ -22,7 +22,6 @@ and draw from held-out (test split) examples:
 
 import argparse
 import dataclasses
-import functools
 import json
 import pathlib
 import shutil
@@ -30,14 +29,11 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
 from experiments import config as config_lib
-from experiments import run, visualize
-from experiments.checkpoints import Checkpoints
-from zoo.models.transformer import Transformer, weights_graphdef
+from experiments import run, runner, tasks, visualize
 
 __all__ = [
     "ADJECTIVES",
@@ -253,7 +249,7 @@ def _latest_step(workdir: pathlib.Path) -> int | None:
 def ensure_trained(figure_run: FigureRun, workdir: pathlib.Path, overrides: Sequence[str]) -> None:
     """Train ``workdir`` to its config's ``train.steps`` through ``experiments.run`` unless it
     is there; a new run starts from the figure's preset with ``overrides``."""
-    task = run.load_experiment(figure_run.experiment)
+    task = tasks.load(figure_run.experiment)
     saved = workdir / "config.json"
     if saved.exists():
         recorded = json.loads(saved.read_text())
@@ -282,27 +278,8 @@ def ensure_trained(figure_run: FigureRun, workdir: pathlib.Path, overrides: Sequ
 
 def load(workdir: pathlib.Path) -> tuple[Any, nnx.Module, int]:
     """(the task's setup, its model with the best checkpoint's parameters, that step)."""
-    config_path = workdir / "config.json"
-    task = run.load_experiment(json.loads(config_path.read_text())["experiment"])
-    setup = task.setup(task.load_config(config_path), workdir)
-    checkpoints = Checkpoints(
-        workdir, keep_last=1, best_metric=setup.best_metric, best_mode=setup.best_mode
-    )
-    try:
-        step = checkpoints.restore_model(setup.model, best=True)
-    finally:
-        checkpoints.close()
-    return setup, setup.model, step
-
-
-# --------------------------------------------------------------------------------------
-# Translation pictures.
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _weights(graphdef: nnx.GraphDef, state: nnx.State, source: jax.Array, target: jax.Array):
-    # Teacher-forced over the decoded translation, as the translate task draws it.
-    return nnx.merge(graphdef, state)(source, target[:, :-1], return_weights=True)[1]
+    loaded = runner.load_run(workdir, best=True)
+    return loaded.setup, loaded.model, loaded.step
 
 
 def translate_test_sentences(
@@ -310,31 +287,20 @@ def translate_test_sentences(
 ) -> list[Aligned]:
     """Decode test sentences of at most ``max_tokens`` source pieces (of the first ``limit``)
     as the task does (beam search), and take the attention over each translation."""
-    # The task's evaluation object owns the data and the compiled decoder.
-    evaluation = setup.visualize.__self__
-    data, width = evaluation.data, evaluation.max_length
+    held_out = setup.held_out
+    data, width = held_out.data, held_out.config.data.max_length
     sources, _ = data.eval_pairs(limit, split="test")
     ids = data.encode_sources(sources, width)
-    keep = [i for i in range(len(sources)) if (ids[i] != 0).sum() <= max_tokens]
-    sources = [sources[i] for i in keep]
-    state = nnx.state(model)
-    hypotheses = evaluation.translate_texts(state, sources)
-    # Only the reference kernel returns weights: draw a Transformer on it, as its task does.
-    graphdef = weights_graphdef(model) if isinstance(model, Transformer) else nnx.graphdef(model)
-    size = evaluation.config.batch_size
+    sources = [s for s, row in zip(sources, ids, strict=True) if (row != 0).sum() <= max_tokens]
+    hypotheses = held_out.translate_texts(model, sources)
     aligned = []
+    size = held_out.config.train.batch_size
     for start in range(0, len(sources), size):
         chunk = slice(start, start + size)
-        source_ids = data.encode_sources(sources[chunk], width)
-        target_ids = data.encode_targets(hypotheses[chunk], width + 1)
-        count = len(source_ids)
-        # Pad the last chunk to the full batch so the pass compiles once.
-        source_ids, target_ids = (
-            np.concatenate([x, np.repeat(x[-1:], size - count, axis=0)])
-            for x in (source_ids, target_ids)
+        source_ids, target_ids, weights = held_out.attention(
+            model, sources[chunk], hypotheses[chunk]
         )
-        weights = jax.device_get(_weights(graphdef, state, source_ids, target_ids))
-        for row in range(count):
+        for row in range(len(source_ids)):
             source_pieces = data.source_pieces(source_ids[row])
             target_pieces = data.target_pieces(target_ids[row, 1:])
             T, S = len(target_pieces), len(source_pieces)

@@ -12,7 +12,6 @@ longer).
 
 import argparse
 import dataclasses
-import importlib
 import json
 import pathlib
 import sys
@@ -22,24 +21,12 @@ import jax
 from flax import nnx
 
 from experiments import config as config_lib
-from experiments import runner
-
-# Experiment name -> module with MODELS, presets(model), load_config(path), setup(config, workdir).
-EXPERIMENTS = {
-    "translate": "experiments.tasks.translate",
-    "lm": "experiments.tasks.lm",
-    "caption": "experiments.tasks.caption",
-}
+from experiments import runner, tasks
+from experiments.errors import USER_ERRORS
 
 
 class UsageError(ValueError):
     """A bad command line: the message lists the valid choices."""
-
-
-def load_experiment(name: str) -> ModuleType:
-    if name not in EXPERIMENTS:
-        raise UsageError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
-    return importlib.import_module(EXPERIMENTS[name])
 
 
 def resolve_config(args: argparse.Namespace, task: ModuleType, workdir: pathlib.Path):
@@ -83,7 +70,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("experiment", help=f"one of {sorted(EXPERIMENTS)}")
+    parser.add_argument("experiment", help=f"one of {sorted(tasks.TASKS)}")
     parser.add_argument("--model", help="model of the experiment (default: its first)")
     parser.add_argument("--preset", help="named config preset (default: tiny)")
     parser.add_argument("--steps", type=int, help="total training steps (overrides train.steps)")
@@ -114,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         jax.distributed.initialize()  # before anything touches a device
     lead = jax.process_index() == 0  # the process that writes and prints
     try:
-        task = load_experiment(args.experiment)
+        task = tasks.load(args.experiment)
         workdir = args.workdir or pathlib.Path(
             "runs", f"{args.experiment}-{args.model or task.MODELS[0]}-{args.preset or 'tiny'}"
         )
@@ -122,15 +109,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except ValueError as error:  # UsageError and bad --set values
         raise SystemExit(f"error: {error}") from None
     workdir.mkdir(parents=True, exist_ok=True)
-    if lead:
-        config_lib.save(config, workdir / "config.json")
-        print(f"{args.experiment}: {json.dumps(config_lib.to_dict(config), indent=1)}")
-    setup = task.setup(config, workdir)
+    try:
+        setup = task.setup(config, workdir)
+    except (ValueError, *USER_ERRORS) as error:  # contradicting settings, missing data
+        raise SystemExit(f"error: {error}") from None
+    if lead:  # the config with what the data decided (vocabulary sizes, channels) filled in
+        config_lib.save(setup.config, workdir / "config.json")
+        print(f"{args.experiment}: {json.dumps(config_lib.to_dict(setup.config), indent=1)}")
     params = sum(x.size for x in jax.tree.leaves(nnx.state(setup.model, nnx.Param)))
     if lead:
         name = type(setup.model).__name__
         print(f"model: {name}, {params:,} parameters; run directory {workdir}")
-    metrics = runner.train(setup, config.train, workdir, resume=args.resume)
+    try:
+        metrics = runner.train(setup, config.train, workdir, resume=args.resume)
+    except USER_ERRORS as error:  # e.g. no intact checkpoint to resume from
+        raise SystemExit(f"error: {error}") from None
     if lead:
         print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return metrics

@@ -1,9 +1,11 @@
 """One train / evaluate / checkpoint / log loop for every model in the zoo.
 
-An experiment hands the runner a :class:`Setup` (model, data, loss, evaluation, pictures);
-the runner owns everything else: the optimizer, a pure jitted ``train_step`` with donated
-state, data parallelism over a mesh of devices (``experiments.parallel``), the step-derived
-RNG, progress, metrics, checkpoints, resume and Ctrl-C.
+An experiment hands the runner a :class:`Setup` (its config, model, data, loss, evaluation,
+pictures); the runner owns everything else: the optimizer, a pure jitted :func:`train_step`
+with donated state, data parallelism over a mesh of devices (``experiments.parallel``), the
+step-derived RNG, evaluation (:func:`evaluate`: the task's per-batch functions jitted once,
+accumulated here), progress, metrics, checkpoints, resume and Ctrl-C. :func:`load_run` opens
+a finished or running run directory for the tools that draw, sample or evaluate it.
 
 Under ``jax.distributed`` every process runs the same steps, evaluations (gathering the model
 is a collective) and checkpoints (orbax coordinates them); only process 0 writes metrics,
@@ -13,10 +15,11 @@ prints progress and draws the pictures, into the run directory they share.
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -29,12 +32,21 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from experiments import parallel
+from experiments import parallel, tasks
 from experiments.checkpoints import Checkpoints
 from experiments.config import TrainConfig
 from experiments.metrics import MetricWriter
 
-__all__ = ["Setup", "make_optimizer", "train"]
+__all__ = [
+    "Evaluation",
+    "Run",
+    "Setup",
+    "evaluate",
+    "load_run",
+    "make_optimizer",
+    "train",
+    "train_step",
+]
 
 Batch = dict[str, Any]
 # loss_fn(model, batch, rng) -> (scalar loss, {name: scalar metric}); traced under jit.
@@ -42,19 +54,42 @@ LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict[str, jax
 
 
 @dataclasses.dataclass
+class Evaluation:
+    """How a task is evaluated on a held-out split; :func:`evaluate` runs it.
+
+    ``sums`` and ``generate`` are pure functions of the model and one batch (its arrays only),
+    which the runner jits once; ``sums`` returns totals that add up over batches (summed
+    losses, token counts), ``generate`` the model's outputs (e.g. beam-search tokens), kept
+    per batch. ``metrics`` turns the totals and outputs into the reported numbers (BLEU, ...).
+    """
+
+    batches: Callable[[str], Sequence[Batch]]  # a split's held-out batches, the same each time
+    sums: Callable[[nnx.Module, Batch], dict[str, jax.Array]]
+    # metrics(split, totals, batches, outputs) -> {name: value}
+    metrics: Callable[[str, dict[str, float], Sequence[Batch], list[Any]], dict[str, float]]
+    generate: Callable[[nnx.Module, Batch], Any] | None = None
+
+
+@dataclasses.dataclass
 class Setup:
     """What an experiment gives the runner."""
 
+    # The run's config with every field the data decides (vocabulary sizes, channels) filled
+    # in: what config.json records and a resumed run is rebuilt from.
+    config: Any
     model: nnx.Module  # freshly initialised from the seed
     batches: Iterator[Batch]  # endless training batches; grain iterator (checkpointable)
     loss_fn: LossFn
     # Held-out metrics, e.g. BLEU, of a split: "validation" during training (it picks the
     # best checkpoint), "test" once at the end.
-    evaluate: Callable[[nnx.Module, str], dict[str, float]]
+    evaluation: Evaluation
     visualize: Callable[[nnx.Module, pathlib.Path], list[pathlib.Path]]  # PNGs it wrote
     count_tokens: Callable[[Batch], int]  # for the tokens/s readout
-    best_metric: str  # an ``evaluate`` key that picks the best checkpoint
+    best_metric: str  # a metrics key that picks the best checkpoint
     best_mode: str = "max"  # "max" or "min"
+    # The task's held-out data (its ``data``: tokenizers, splits) and what it decodes and draws
+    # with, for the tools that open a run (sample, figures).
+    held_out: Any = None
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -95,7 +130,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
 
 
-def _train_step(
+def train_step(
     params: nnx.State,
     opt_state: optax.OptState,
     batch: Batch,
@@ -113,6 +148,82 @@ def _train_step(
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads), **metrics}
+
+
+def _arrays(batch: Batch) -> Batch:
+    """The arrays of a batch: what a jitted function is given (texts stay on the host)."""
+    return {k: v for k, v in batch.items() if isinstance(v, np.ndarray | jax.Array)}
+
+
+def _apply(fn: Callable[[nnx.Module, Batch], Any], graphdef: nnx.GraphDef) -> Callable:
+    return jax.jit(lambda state, batch: fn(nnx.merge(graphdef, state), batch))
+
+
+class _Evaluator:
+    """An :class:`Evaluation` with its functions jitted once for one model structure."""
+
+    def __init__(self, evaluation: Evaluation, graphdef: nnx.GraphDef):
+        self.evaluation = evaluation
+        self.sums = _apply(evaluation.sums, graphdef)
+        self.generate = (
+            None if evaluation.generate is None else _apply(evaluation.generate, graphdef)
+        )
+
+    def __call__(self, state: nnx.State, split: str) -> dict[str, float]:
+        batches = self.evaluation.batches(split)
+        totals: dict[str, float] = {}
+        outputs = []
+        for batch in batches:
+            arrays = _arrays(batch)
+            for name, value in jax.device_get(self.sums(state, arrays)).items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+            if self.generate is not None:
+                outputs.append(jax.device_get(self.generate(state, arrays)))
+        return self.evaluation.metrics(split, totals, batches, outputs)
+
+
+def evaluate(setup: Setup, model: nnx.Module, split: str) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``split`` ("validation" or "test")."""
+    graphdef, state = nnx.split(model)
+    return _Evaluator(setup.evaluation, graphdef)(state, split)
+
+
+@dataclasses.dataclass
+class Run:
+    """A run directory opened by :func:`load_run`."""
+
+    workdir: pathlib.Path
+    experiment: str
+    setup: Setup  # its model holds the restored parameters
+    step: int  # the step of the checkpoint restored
+
+    @property
+    def config(self) -> Any:
+        return self.setup.config
+
+    @property
+    def model(self) -> nnx.Module:
+        return self.setup.model
+
+
+def load_run(workdir: pathlib.Path, *, best: bool = False) -> Run:
+    """The run in ``workdir``: its saved config, the task's setup, and the parameters of the
+    latest checkpoint (or the best one by the validation metric). Raises ValueError when
+    ``workdir`` holds no run, CheckpointError when its checkpoint cannot be restored."""
+    saved = workdir / "config.json"
+    if not saved.exists():
+        raise ValueError(f"{workdir} is not a run directory (no config.json)")
+    experiment = json.loads(saved.read_text()).get("experiment")
+    task = tasks.load(experiment)
+    setup = task.setup(task.load_config(saved), workdir)
+    checkpoints = Checkpoints(
+        workdir, keep_last=1, best_metric=setup.best_metric, best_mode=setup.best_mode
+    )
+    try:
+        step = checkpoints.restore_model(setup.model, best=best)
+    finally:
+        checkpoints.close()
+    return Run(workdir, experiment, setup, step)
 
 
 def _all_processes(count: int) -> float:
@@ -138,7 +249,7 @@ def train(
     opt_state = parallel.place(optimizer.init(params), mesh, rule)
     step_fn = jax.jit(
         functools.partial(
-            _train_step, graphdef=graphdef, rest=rest, loss_fn=setup.loss_fn, optimizer=optimizer
+            train_step, graphdef=graphdef, rest=rest, loss_fn=setup.loss_fn, optimizer=optimizer
         ),
         donate_argnums=(0, 1),
         # The state stays where it was placed; the metrics come back whole on every device.
@@ -161,8 +272,12 @@ def train(
         step = 0
         if resume and checkpoints.latest_step() is not None:
             # Orbax restores each array onto the sharding of the one it is given.
-            step, params, opt_state = checkpoints.restore(params, opt_state, setup.batches)
+            step, params, opt_state = checkpoints.restore(
+                params, opt_state, setup.batches, fall_back=True
+            )
             if primary:
+                for skipped in checkpoints.skipped:
+                    print(f"checkpoint {skipped.step} skipped: {skipped.reason}")
                 print(f"resumed from step {step} in {workdir}")
         writer = MetricWriter(workdir, active=primary)
         cleanup.callback(writer.close)
@@ -181,6 +296,11 @@ def train(
 
         def model() -> nnx.Module:
             return nnx.merge(graphdef, parallel.gather(params), rest)
+
+        evaluator = _Evaluator(setup.evaluation, nnx.graphdef(setup.model))
+
+        def held_out(split: str) -> dict[str, float]:
+            return evaluator(nnx.state(model()), split)
 
         eval_metrics: dict[str, float] = {}
         tokens, tick = 0, time.perf_counter()
@@ -213,7 +333,7 @@ def train(
                     )
                 evaluated = None
                 if step % train_config.eval_every == 0 or step == train_config.steps:
-                    eval_metrics = evaluated = setup.evaluate(model(), "validation")
+                    eval_metrics = evaluated = held_out("validation")
                     writer.write(step, "eval", evaluated)
                     say(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items()))
                     tick = time.perf_counter()  # evaluation time is not training speed
@@ -227,7 +347,7 @@ def train(
             checkpoints.save(step, params, opt_state, setup.batches)
             say(f"\ninterrupted: saved step {step} in {workdir}; continue with --resume")
             raise SystemExit(130) from None
-        test_metrics = setup.evaluate(model(), "test")
+        test_metrics = held_out("test")
         writer.write(step, "test", test_metrics)
     final = model()  # on every process: gathering the parameters is a collective
     if primary:

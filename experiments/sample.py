@@ -8,7 +8,6 @@ with the prompt in one pass, then decodes token by token through ``zoo.decoding`
 """
 
 import argparse
-import json
 import pathlib
 from collections.abc import Sequence
 
@@ -17,9 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.checkpoints import Checkpoints
-from experiments.data.translation import EOS_ID, PAD_ID
-from experiments.tasks import lm
+from experiments import runner
+from experiments.data.tokenizer import EOS_ID, PAD_ID
 from zoo import decoding
 
 
@@ -49,10 +47,8 @@ def continue_prompt(
     @jax.jit
     def run(state: nnx.State, prompt: jax.Array, rng: jax.Array) -> jax.Array:
         model = nnx.merge(graphdef, state)
-        cache = model.init_cache(1, total)
-        # Prefill all but the last prompt token; decoding starts from the last one.
-        if prompt.shape[1] > 1:
-            _, cache = model.prefill(prompt[:, :-1], cache)
+        # The cache holds all but the last prompt token; decoding starts from the last one.
+        cache = model.init_decode_state(model.encode(prompt), total)
         start = prompt[:, -1]
         common = dict(bos_id=start, eos_id=EOS_ID, pad_id=PAD_ID, max_length=length)
         if method == "greedy":
@@ -80,17 +76,14 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--best", action="store_true", help="use the best checkpoint")
     args = parser.parse_args(argv)
-    config_path = args.run_dir / "config.json"
-    if not config_path.exists():
-        raise SystemExit(f"error: {args.run_dir} is not a run directory (no config.json)")
-    if json.loads(config_path.read_text()).get("experiment") != "lm":
+    try:
+        loaded = runner.load_run(args.run_dir, best=args.best)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    if loaded.experiment != "lm":
         raise SystemExit(f"error: {args.run_dir} is not a language-model run (experiment lm)")
-    config = lm.load_config(config_path)
-    data = lm.make_data(config, batch_size=1)
-    model = lm.make_model(config, data)
-    checkpoints = Checkpoints(args.run_dir, keep_last=1, best_metric="loss", best_mode="min")
-    step = checkpoints.restore_model(model, best=args.best)
-    checkpoints.close()
+    model, step = loaded.model, loaded.step
+    data = loaded.setup.held_out.data  # the tokenizer
     try:
         tokens = continue_prompt(
             model,

@@ -8,7 +8,6 @@ run makes at the end of training into ``RUN_DIR/plots``.
 """
 
 import argparse
-import json
 import pathlib
 from collections.abc import Sequence
 
@@ -193,27 +192,19 @@ def image_overlay(
 
 def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
     # Imported here so that importing the drawing helpers stays light.
-    from experiments import run
-    from experiments.checkpoints import Checkpoints
+    from experiments import runner
 
     parser = argparse.ArgumentParser(prog="python -m experiments.visualize", description=__doc__)
     parser.add_argument("run_dir", type=pathlib.Path)
     parser.add_argument("--best", action="store_true", help="use the best checkpoint")
     args = parser.parse_args(argv)
-    config_path = args.run_dir / "config.json"
-    if not config_path.exists():
-        raise SystemExit(f"error: {args.run_dir} is not a run directory (no config.json)")
-    experiment = json.loads(config_path.read_text())["experiment"]
-    task = run.load_experiment(experiment)
-    config = task.load_config(config_path)
-    setup = task.setup(config, args.run_dir)
-    checkpoints = Checkpoints(
-        args.run_dir, keep_last=1, best_metric=setup.best_metric, best_mode=setup.best_mode
-    )
-    step = checkpoints.restore_model(setup.model, best=args.best)
-    paths = setup.visualize(setup.model, args.run_dir / "plots")
+    try:
+        loaded = runner.load_run(args.run_dir, best=args.best)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    paths = loaded.setup.visualize(loaded.model, args.run_dir / "plots")
     for path in paths:
-        print(f"plot (step {step}): {path}")
+        print(f"plot (step {loaded.step}): {path}")
     return paths
 
 

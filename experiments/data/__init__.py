@@ -3,7 +3,8 @@
 Each task has one entry point (``translation.make_translation_data``,
 ``captioning.make_caption_data``, ``language_model.make_lm_data``) built from generic
 pieces: ``prepare`` (a TFDS dataset ready as array_record, or a fast, clear failure; its
-command is ``python -m experiments.data NAME --data_dir DIR``),
+command is ``python -m experiments.data NAME --data_dir DIR``; every failure is a
+``DataError`` whose message says what to do, corrupt prepared files included),
 ``tokenizer`` (SentencePiece, trained once and cached), ``pipeline`` and ``batching`` (grain
 stream of padded, length-bucketed batches with checkpointable state).
 """
@@ -17,6 +18,7 @@ from experiments.data.translation import (
     TranslationData,
     make_translation_data,
 )
+from experiments.errors import DataError
 
 __all__ = [
     "BOS_ID",
@@ -27,6 +29,7 @@ __all__ = [
     "TRANSLATION_DATASETS",
     "UNK_ID",
     "CaptionData",
+    "DataError",
     "DatasetNotPreparedError",
     "LanguageModelData",
     "Tokenizer",

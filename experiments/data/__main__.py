@@ -8,7 +8,8 @@
 import argparse
 import sys
 
-from experiments.data.prepare import KNOWN_BUILDERS, DatasetNotPreparedError, prepare
+from experiments.data.prepare import KNOWN_BUILDERS, prepare
+from experiments.errors import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         builder = prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir)
-    except (ValueError, DatasetNotPreparedError) as error:
+    except (ValueError, DataError) as error:
         print(error, file=sys.stderr)
         return 1
     print(f"{args.name} is ready in {builder.data_dir}")

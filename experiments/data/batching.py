@@ -82,7 +82,7 @@ def collate(
     if rows < len(examples):
         raise ValueError(f"batch_size: expected at least {len(examples)}, got {batch_size}")
     bucket = bucket_length(max(sequence_length(e, sequences) for e in examples), buckets)
-    batch = {}
+    batch: dict[str, np.ndarray] = {}
     for key, extra in sequences.items():
         padded = np.full((rows, bucket + extra), pad_id, dtype=np.int32)
         lengths = np.zeros((rows,), dtype=np.int32)

@@ -44,7 +44,7 @@ def split_of(book: str, chapter: int) -> str:
 @functools.cache
 def read_pairs(path: Path = PAIRS_FILE) -> tuple[dict[str, str | int], ...]:
     """Rows of the shipped TSV as dicts with keys book, chapter, verse, en, es (read once)."""
-    rows = []
+    rows: list[dict[str, str | int]] = []
     with lzma.open(path, "rt", encoding="utf-8") as lines:
         header = next(lines).rstrip("\n").split("\t")
         if tuple(header) != _COLUMNS:

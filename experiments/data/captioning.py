@@ -55,7 +55,7 @@ from PIL import Image
 
 from experiments.data import digit_scenes, pipeline
 from experiments.data.batching import collate
-from experiments.data.prepare import prepare
+from experiments.data.prepare import open_split, prepare
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.data.words import (
     WORD_PATTERN,
@@ -511,6 +511,8 @@ def make_caption_data(
       ValueError: an argument out of range or an unknown ``name``.
       experiments.data.prepare.DatasetNotPreparedError: a real dataset is missing and cannot
         be prepared here; the message says how.
+      experiments.errors.DataError: the prepared copy is corrupt (a file truncated, missing
+        or damaged); the message names it and the command that rebuilds it.
     """
     _check_arguments(
         name,
@@ -526,8 +528,9 @@ def make_caption_data(
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
     # Records keep the encoded image: decoding happens in the reading threads, and reading
     # captions (for the vocabulary) decodes nothing.
+    skip = {"image": tfds.decode.SkipDecoding()}
     splits = {
-        split: builder.as_data_source(tfds_split, decoders={"image": tfds.decode.SkipDecoding()})
+        split: open_split(name, builder, tfds_split, decoders=skip)
         for split, tfds_split in source.splits.items()
     }
     native = builder.info.features["image"].shape[0]

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from experiments.data import pipeline, windows
 from experiments.data.lm_tokenizers import CharTokenizer, LineTokenizer, load_or_build_characters
-from experiments.data.prepare import prepare
+from experiments.data.prepare import open_split, prepare
 from experiments.data.tokenizer import (
     BOS_ID,
     DEFAULT_MAX_SENTENCES,
@@ -324,6 +324,8 @@ def make_lm_data(
         ``context_length + 1`` tokens.
       experiments.data.prepare.DatasetNotPreparedError: a real dataset is missing and cannot
         be downloaded; the message says how to prepare it.
+      experiments.errors.DataError: the prepared copy is corrupt (a file truncated, missing
+        or damaged); the message names it and the command that rebuilds it.
     """
     _check_arguments(
         name,
@@ -338,9 +340,7 @@ def make_lm_data(
     pipeline.shard_batch_size(batch_size, shard)
     dataset = LM_DATASETS[name]
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
-    records = {
-        split: builder.as_data_source(split=split) for split in ("train", *dataset.eval_splits)
-    }
+    records = {split: open_split(name, builder, split) for split in ("train", *dataset.eval_splits)}
     cache = Path(cache_dir) if cache_dir else Path(builder.data_dir)
     text_tokenizer = _tokenizer(
         tokenizer, records["train"], dataset=dataset, vocab_size=vocab_size, cache_dir=cache

@@ -22,6 +22,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 from tqdm import tqdm
@@ -113,7 +114,7 @@ def cache_path(cache_dir: Path, name: str, options: dict[str, object]) -> Path:
     return cache_dir / f"{name}.{options['model_type']}{options['vocab_size']}.{digest}.model"
 
 
-def train(texts: Iterable[str], options: dict[str, object], *, total: int | None = None) -> bytes:
+def train(texts: Iterable[str], options: dict[str, Any], *, total: int | None = None) -> bytes:
     """Train a SentencePiece model on ``texts``; returns the serialized model."""
     model = io.BytesIO()
     progress = tqdm(texts, total=total, desc="training sentencepiece", unit=" sentences")

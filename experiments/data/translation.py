@@ -27,11 +27,10 @@ from typing import Any
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
 from experiments.data import pipeline
 from experiments.data.batching import collate, default_buckets
-from experiments.data.prepare import prepare
+from experiments.data.prepare import open_split, prepare
 from experiments.data.tokenizer import (
     BOS_ID,
     DEFAULT_MAX_SENTENCES,
@@ -343,6 +342,8 @@ def make_translation_data(
       ValueError: an argument out of range or an unknown ``name``.
       experiments.data.prepare.DatasetNotPreparedError: a real dataset is missing and cannot
         be downloaded; the message says how to prepare it.
+      experiments.errors.DataError: the prepared copy is corrupt (a file truncated, missing
+        or damaged); the message names it and the command that rebuilds it.
     """
     buckets = tuple(bucket_lengths) if bucket_lengths else default_buckets(max_length)
     _check_arguments(
@@ -359,10 +360,7 @@ def make_translation_data(
     pipeline.shard_batch_size(batch_size, shard)
     source_lang, target_lang = TRANSLATION_DATASETS[name]
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
-    splits = {
-        split: tfds.data_source(name, split=split, data_dir=builder.data_dir_root, download=False)
-        for split in ("train", *EVAL_SPLITS)
-    }
+    splits = {split: open_split(name, builder, split) for split in ("train", *EVAL_SPLITS)}
     cache_dir = Path(tokenizer_dir) if tokenizer_dir else Path(builder.data_dir) / "sentencepiece"
     pairs = _training_pairs(splits["train"], source_lang=source_lang, target_lang=target_lang)
     source_tokenizer, target_tokenizer = _tokenizers(

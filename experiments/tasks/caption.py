@@ -19,11 +19,11 @@ first. ``--set data.coordinates=false`` gives the paper's plain image input.
 import dataclasses
 import functools
 import pathlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from experiments import attention_correctness as correctness_lib
@@ -34,8 +34,10 @@ from experiments.config import TrainConfig
 from experiments.data import captioning
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.data.words import split_words
-from experiments.runner import Batch, Setup
+from experiments.losses import masked_cross_entropy, token_accuracy
+from experiments.runner import Batch, Evaluation, Setup
 from zoo import decoding
+from zoo.models.protocol import weights_graphdef
 from zoo.models.show_attend_tell import (
     ShowAttendTell,
     ShowAttendTellConfig,
@@ -73,6 +75,11 @@ class EvalConfig:
     beam_size: int = 3  # beam width of the reported captions
     length_penalty: float = 0.0  # GNMT alpha (Wu et al. 2016, eq. 14); 0 = plain log p
     plots: int = 4  # held-out images drawn with per-word attention
+
+    def __post_init__(self) -> None:
+        for name in ("examples", "beam_size", "plots"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +183,21 @@ def make_data(config: Config) -> captioning.CaptionData:
     )
 
 
-def make_model(config: Config, data: captioning.CaptionData) -> ShowAttendTell:
+def make_model(config: Config) -> ShowAttendTell:
+    """The model of a config whose data-dependent fields :func:`setup` has filled in."""
+    return ShowAttendTell(config.model, rngs=nnx.Rngs(config.train.seed))
+
+
+def setup(config: Config, workdir: pathlib.Path) -> Setup:
+    del workdir
+    kernel = config.model.kernel
+    if config.loss.penalty_strength > 0 and kernel not in ("auto", "additive"):
+        raise ValueError(
+            f"loss.penalty_strength > 0 needs the attention weights (Xu et al. 2015, eq. (14)), "
+            f"which model.kernel={kernel!r} never forms; set loss.penalty_strength=0 or "
+            "model.kernel=additive"
+        )
+    data = make_data(config)
     channels = data.channels + (2 if config.data.coordinates else 0)
     model_config = dataclasses.replace(
         config.model, vocab_size=data.vocab_size, image_channels=channels, pad_id=PAD_ID
@@ -187,16 +208,12 @@ def make_model(config: Config, data: captioning.CaptionData) -> ShowAttendTell:
             f"data.image_size ({data.image_size}) must be a multiple of {stride}, the stride of "
             f"model.conv_channels ({len(model_config.conv_channels)} pooling stages)"
         )
-    return ShowAttendTell(model_config, rngs=nnx.Rngs(config.train.seed))
-
-
-def setup(config: Config, workdir: pathlib.Path) -> Setup:
-    del workdir
-    data = make_data(config)
-    model = make_model(config, data)
-    grid = model.grid_shape(data.image_size, data.image_size)
-    evaluation = _Evaluation(config, data, nnx.graphdef(model), grid)
+    config = dataclasses.replace(config, model=model_config)
+    model = make_model(config)
+    held_out = HeldOut(config, data, model.grid_shape(data.image_size, data.image_size))
+    options = dict(coordinates=config.data.coordinates, max_length=data.max_length)
     return Setup(
+        config=config,
         model=model,
         batches=data.train_iterator(),
         loss_fn=functools.partial(
@@ -204,11 +221,22 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
             penalty_strength=config.loss.penalty_strength,
             coordinates=config.data.coordinates,
         ),
-        evaluate=evaluation.evaluate,
-        visualize=evaluation.visualize,
+        evaluation=Evaluation(
+            batches=held_out.batches,
+            sums=functools.partial(sums, coordinates=config.data.coordinates),
+            generate=functools.partial(
+                generate,
+                beam_size=config.eval.beam_size,
+                length_penalty=config.eval.length_penalty,
+                **options,
+            ),
+            metrics=held_out.metrics,
+        ),
+        visualize=held_out.visualize,
         count_tokens=lambda batch: int(np.sum(batch["caption"][:, 1:] != PAD_ID)),
         best_metric="bleu4",
         best_mode="max",
+        held_out=held_out,
     )
 
 
@@ -238,16 +266,21 @@ def loss_fn(
     """
     caption = batch["caption"]  # [B, T+1]: BOS w_1 .. w_m EOS PAD ..
     images = with_coordinates(batch["image"]) if coordinates else batch["image"]
-    logits, weights = model(images, caption[:, :-1], return_weights=True, rngs=rng)
     labels = caption[:, 1:]
-    real = labels != PAD_ID
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    tokens = jnp.maximum(real.sum(), 1)
-    nll = (losses * real).sum() / tokens
-    # Empty (padding) rows have no real step, so all their cells would count as unattended.
-    penalty = doubly_stochastic_penalty(weights, real, strength=penalty_strength)
-    penalty = jnp.where(real.any(axis=1), penalty, 0.0).sum() / tokens
-    accuracy = ((logits.argmax(-1) == labels) & real).sum() / tokens
+    if penalty_strength > 0:
+        logits, weights = model(images, caption[:, :-1], return_weights=True, rngs=rng)
+    else:  # no weights asked: any kernel, the fast ones included
+        logits = model(images, caption[:, :-1], rngs=rng)
+    total, tokens = masked_cross_entropy(logits, labels)
+    tokens = jnp.maximum(tokens, 1)
+    nll = total / tokens
+    penalty = jnp.zeros(())
+    if penalty_strength > 0:
+        real = labels != PAD_ID
+        # Empty (padding) rows have no real step, so all their cells would count as unattended.
+        penalty = doubly_stochastic_penalty(weights, real, strength=penalty_strength)
+        penalty = jnp.where(real.any(axis=1), penalty, 0.0).sum() / tokens
+    accuracy = token_accuracy(logits, labels) / tokens
     return nll + penalty, {"nll": nll, "penalty": penalty, "accuracy": accuracy}
 
 
@@ -289,82 +322,97 @@ def digit_word_attention(
     )
 
 
-class _Evaluation:
-    """Held-out loss, BLEU of greedy and beam captions, attention correctness, overlays."""
+def _inputs(images: jax.Array, coordinates: bool) -> jax.Array:
+    return with_coordinates(images) if coordinates else images
 
-    def __init__(
-        self,
-        config: Config,
-        data: captioning.CaptionData,
-        graphdef: nnx.GraphDef,
-        grid: tuple[int, int],
-    ):
+
+def sums(model: nnx.Module, batch: Batch, *, coordinates: bool) -> dict[str, jax.Array]:
+    """Summed held-out caption NLL and its token count, teacher-forced."""
+    caption = batch["caption"]
+    logits = model(_inputs(batch["image"], coordinates), caption[:, :-1])
+    total, tokens = masked_cross_entropy(logits, caption[:, 1:])
+    return {"nll": total, "tokens": tokens}
+
+
+def _framed(tokens: jax.Array) -> jax.Array:
+    """Generated tokens ``[B, T]`` -> ``BOS tokens`` ``[B, T+1]``, for teacher forcing."""
+    return jnp.concatenate([jnp.full((len(tokens), 1), BOS_ID, tokens.dtype), tokens], axis=1)
+
+
+def generate(
+    model: Any,
+    batch: Batch,
+    *,
+    coordinates: bool,
+    max_length: int,
+    beam_size: int,
+    length_penalty: float,
+) -> dict[str, jax.Array]:
+    """Greedy and beam-search captions ``[B, max_length]``, and the attention ``[B, T, L]``
+    while teacher-forcing the reference captions and while re-reading the beam's."""
+    images = _inputs(batch["image"], coordinates)
+    memory = model.encode(images)
+    common = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, max_length=max_length)
+    greedy = decoding.greedy_search(
+        model.step, model.init_decode_state(memory, max_length), **common
+    )
+    beam = decoding.beam_search(
+        model.step,
+        model.init_decode_state(memory, max_length),
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        **common,
+    ).tokens[:, 0]
+    # The same parameters on the kernel that forms the weights (the fast ones do not).
+    looking = nnx.merge(weights_graphdef(model), nnx.state(model))
+    _, reference = looking(images, batch["caption"][:, :-1], return_weights=True)
+    _, generated = looking(images, _framed(beam)[:, :-1], return_weights=True)
+    return {"greedy": greedy, "beam": beam, "reference": reference, "generated": generated}
+
+
+class HeldOut:
+    """The held-out images of a split, read once; BLEU, attention correctness, overlays."""
+
+    def __init__(self, config: Config, data: captioning.CaptionData, grid: tuple[int, int]):
         self.config = config
         self.data = data
-        self.graphdef = graphdef
         self.image_size = (data.image_size, data.image_size)
         self.grid = grid
-        self.held_out: dict[str, tuple[list[Batch], list[tuple[str, ...]]]] = {}
-
-    def _inputs(self, images: np.ndarray) -> jax.Array:
-        return with_coordinates(jnp.asarray(images)) if self.config.data.coordinates else images
-
-    def score(
-        self, state: nnx.State, images: np.ndarray, caption: np.ndarray
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return _score(self.graphdef, state, self._inputs(images), caption)
-
-    def greedy(self, state: nnx.State, images: np.ndarray) -> jax.Array:
-        return _greedy(self.graphdef, state, self._inputs(images), max_length=self.data.max_length)
-
-    def beam(self, state: nnx.State, images: np.ndarray) -> jax.Array:
-        return _beam(
-            self.graphdef,
-            state,
-            self._inputs(images),
-            max_length=self.data.max_length,
-            beam_size=self.config.eval.beam_size,
-            length_penalty=self.config.eval.length_penalty,
-        )
+        self.cached: dict[str, tuple[list[Batch], list[tuple[str, ...]]]] = {}
 
     def _split(self, split: str) -> tuple[list[Batch], list[tuple[str, ...]]]:
         """The held-out batches of ``split`` and every reference of each image, read once."""
-        if split not in self.held_out:
+        if split not in self.cached:
             limit = self.config.eval.examples
             batches = self.data.eval_batches(limit, split=split)
             examples = self.data.eval_examples(limit, split=split)
-            self.held_out[split] = (batches, [e.references for e in examples])
-        return self.held_out[split]
+            self.cached[split] = (batches, [e.references for e in examples])
+        return self.cached[split]
 
-    def _framed(self, tokens: np.ndarray) -> np.ndarray:
-        """Generated tokens ``[B, T]`` -> ``BOS tokens`` ``[B, T+1]``, for teacher forcing."""
-        return np.concatenate([np.full((len(tokens), 1), BOS_ID, np.int32), tokens], axis=1)
+    def batches(self, split: str) -> list[Batch]:
+        return self._split(split)[0]
 
-    def evaluate(self, model: nnx.Module, split: str) -> dict[str, float]:
-        state = nnx.state(model)
-        batches, references = self._split(split)
-        total, count = 0.0, 0.0
+    def metrics(
+        self, split: str, totals: dict[str, float], batches: Any, outputs: list[Any]
+    ) -> dict[str, float]:
+        _, references = self._split(split)
         greedy, beam = [], []
         reference_hits, generated_hits, previous_hits = [], [], []
-        for batch in batches:
+        for batch, out in zip(batches, outputs, strict=True):
             rows = int((batch["caption_length"] > 0).sum())  # the rest is padding
-            nll, tokens, weights = self.score(state, batch["image"], batch["caption"])
-            total, count = total + float(nll), count + float(tokens)
+            greedy += self.data.decode_captions(out["greedy"])[:rows]
+            beam += self.data.decode_captions(out["beam"])[:rows]
             reference_hits.append(
-                self._attention(weights, batch["word_boxes"][:, 1:], batch["boxes"])
+                self._attention(out["reference"], batch["word_boxes"][:, 1:], batch["boxes"])
             )
-            greedy += self.data.decode_captions(np.asarray(self.greedy(state, batch["image"])))[
-                :rows
-            ]
-            captions = np.asarray(self.beam(state, batch["image"]))
-            beam += self.data.decode_captions(captions)[:rows]
-            _, _, weights = self.score(state, batch["image"], self._framed(captions))
-            word_boxes = self.data.word_boxes(captions, batch["labels"])
-            generated_hits.append(self._attention(weights, word_boxes, batch["boxes"]))
-            previous_hits.append(self._attention(weights, word_boxes, batch["boxes"], lag=1))
+            word_boxes = self.data.word_boxes(out["beam"], batch["labels"])
+            generated_hits.append(self._attention(out["generated"], word_boxes, batch["boxes"]))
+            previous_hits.append(
+                self._attention(out["generated"], word_boxes, batch["boxes"], lag=1)
+            )
         # References in the word form of the hypotheses (lower case, punctuation split off).
         references = [tuple(" ".join(split_words(r)) for r in refs) for refs in references]
-        metrics = {"loss": total / max(count, 1.0)}
+        metrics = {"loss": totals["nll"] / max(totals["tokens"], 1.0)}
         metrics |= evaluate_lib.caption_bleu(beam, references)
         metrics["bleu4_greedy"] = evaluate_lib.caption_bleu(greedy, references)["bleu4"]
         generated = _concatenate(generated_hits)
@@ -376,18 +424,17 @@ class _Evaluation:
         return metrics
 
     def _attention(
-        self, weights: jax.Array, word_boxes: np.ndarray, boxes: np.ndarray, lag: int = 0
+        self, weights: np.ndarray, word_boxes: np.ndarray, boxes: np.ndarray, lag: int = 0
     ) -> correctness_lib.AttentionCorrectness:
         return digit_word_attention(
             np.asarray(weights), word_boxes, boxes, self.grid, self.image_size, lag=lag
         )
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
-        state = nnx.state(model)
         batch = self.data.eval_batches(self.config.eval.plots, split="test")[0]
-        captions = np.asarray(self.beam(state, batch["image"]))
-        _, _, weights = self.score(state, batch["image"], self._framed(captions))
-        weights = np.asarray(weights).reshape(*captions.shape, *self.grid)
+        out = _generate_jit(nnx.graphdef(model), nnx.state(model), batch, self._options())
+        captions = np.asarray(out["beam"])
+        weights = np.asarray(out["generated"]).reshape(*captions.shape, *self.grid)
         word_boxes = self.data.word_boxes(captions, batch["labels"])
         paths = []
         for i in range(min(self.config.eval.plots, int((batch["caption_length"] > 0).sum()))):
@@ -405,6 +452,15 @@ class _Evaluation:
             )
         return paths
 
+    def _options(self) -> tuple[tuple[str, Any], ...]:
+        e = self.config.eval
+        return (
+            ("coordinates", self.config.data.coordinates),
+            ("max_length", self.data.max_length),
+            ("beam_size", e.beam_size),
+            ("length_penalty", e.length_penalty),
+        )
+
 
 def _concatenate(
     results: list[correctness_lib.AttentionCorrectness],
@@ -414,67 +470,9 @@ def _concatenate(
     )
 
 
-# Jitted once per process for a given model structure and shape (the graphdef is static), so
-# a resumed run or a redraw in the same process reuses the compiled decoders.
-@functools.partial(jax.jit, static_argnums=0)
-def _score(
-    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, caption: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Teacher forcing on ``caption [B, T+1]``: summed NLL, token count, weights ``[B, T, L]``."""
-    logits, weights = nnx.merge(graphdef, state)(images, caption[:, :-1], return_weights=True)
-    labels = caption[:, 1:]
-    real = labels != PAD_ID
-    # The log-softmax in float32 whatever the model's compute dtype.
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    return (losses * real).sum(), real.sum(), weights
-
-
-def _step_fn(model: ShowAttendTell) -> decoding.StepFn:
-    def step(tokens: jax.Array, state: dict) -> tuple[jax.Array, dict]:
-        logits, state, _ = model.step(tokens, state)
-        return logits, state
-
-    return step
-
-
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_length",))
-def _greedy(
-    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, max_length: int
-) -> jax.Array:
-    """Greedy captions ``[B, max_length]`` (tokens after BOS, PAD after EOS)."""
-    model = nnx.merge(graphdef, state)
-    return decoding.greedy_search(
-        _step_fn(model),
-        model.encode(images),
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        pad_id=PAD_ID,
-        max_length=max_length,
-    )
-
-
-@functools.partial(
-    jax.jit, static_argnums=0, static_argnames=("max_length", "beam_size", "length_penalty")
-)
-def _beam(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    images: jax.Array,
-    *,
-    max_length: int,
-    beam_size: int,
-    length_penalty: float,
-) -> jax.Array:
-    """The best beam-search caption of each image, ``[B, max_length]``."""
-    model = nnx.merge(graphdef, state)
-    result = decoding.beam_search(
-        _step_fn(model),
-        model.encode(images),
-        beam_size=beam_size,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        pad_id=PAD_ID,
-        max_length=max_length,
-        length_penalty=length_penalty,
-    )
-    return result.tokens[:, 0]
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _generate_jit(
+    graphdef: nnx.GraphDef, state: nnx.State, batch: Batch, options: tuple
+) -> dict[str, jax.Array]:
+    arrays = {k: batch[k] for k in ("image", "caption")}
+    return generate(nnx.merge(graphdef, state), arrays, **dict(options))

@@ -14,16 +14,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from experiments import config as config_lib
 from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig
 from experiments.data import language_model
-from experiments.data.translation import PAD_ID
-from experiments.runner import Batch, Setup
-from zoo.models.transformer import TransformerConfig, TransformerLM, weights_graphdef
+from experiments.data.tokenizer import PAD_ID
+from experiments.losses import masked_cross_entropy
+from experiments.runner import Batch, Evaluation, Setup
+from zoo.models.protocol import weights_graphdef
+from zoo.models.transformer import TransformerConfig, TransformerLM
 
 MODELS = ("transformer",)
 
@@ -141,77 +142,74 @@ def make_data(config: Config, *, batch_size: int | None = None) -> Any:
     )
 
 
-def make_model(config: Config, data: Any) -> TransformerLM:
-    model_config = dataclasses.replace(config.model, vocab_size=data.vocab_size)
-    if model_config.max_length < config.data.context_length:
+def make_model(config: Config) -> TransformerLM:
+    """The model of a config whose vocabulary size is the data's (:func:`setup` fills it)."""
+    if config.model.max_length < config.data.context_length:
         raise ValueError(
-            f"model.max_length ({model_config.max_length}) must cover data.context_length "
+            f"model.max_length ({config.model.max_length}) must cover data.context_length "
             f"({config.data.context_length})"
         )
-    return TransformerLM(model_config, rngs=nnx.Rngs(config.train.seed))
+    return TransformerLM(config.model, rngs=nnx.Rngs(config.train.seed))
 
 
 def setup(config: Config, workdir: pathlib.Path) -> Setup:
     del workdir
     data = make_data(config)
-    model = make_model(config, data)
-    evaluation = _Evaluation(config, data, nnx.graphdef(model), weights_graphdef(model))
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, vocab_size=data.vocab_size)
+    )
+    model = make_model(config)
+    held_out = HeldOut(config, data)
     return Setup(
+        config=config,
         model=model,
         batches=data.train_iterator(),
         loss_fn=loss_fn,
-        evaluate=evaluation.evaluate,
-        visualize=evaluation.visualize,
+        evaluation=Evaluation(batches=held_out.batches, sums=sums, metrics=held_out.metrics),
+        visualize=held_out.visualize,
         count_tokens=lambda batch: int(np.sum(batch["tokens"][:, 1:] != PAD_ID)),
         best_metric="loss",
         best_mode="min",
+        held_out=held_out,
     )
-
-
-def _nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Summed negative log-likelihood (nats) of the non-padding targets, and their count."""
-    real = targets != PAD_ID
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-    return (losses * real).sum(), real.sum()
 
 
 def loss_fn(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
     """Mean next-token cross-entropy in nats; dropout keyed by the step's rng."""
     tokens = batch["tokens"]  # [B, T+1]
-    logits = model(tokens[:, :-1], rngs=rng)
-    total, count = _nll(logits, tokens[:, 1:])
+    total, count = masked_cross_entropy(model(tokens[:, :-1], rngs=rng), tokens[:, 1:])
     return total / jnp.maximum(count, 1), {}
 
 
-class _Evaluation:
-    def __init__(
-        self, config: Config, data: Any, graphdef: nnx.GraphDef, weights_graph: nnx.GraphDef
-    ):
+def sums(model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
+    """Summed negative log-likelihood (nats) of a batch of held-out windows, and its count."""
+    tokens = batch["tokens"]
+    total, count = masked_cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+    return {"nll": total, "tokens": count}
+
+
+class HeldOut:
+    def __init__(self, config: Config, data: Any):
         self.config = config
         self.data = data
-        self.graphdef = graphdef
-        self.weights_graph = weights_graph  # on the reference kernel, which returns weights
-        self.score = jax.jit(self._score)
 
-    def _score(self, state: nnx.State, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = nnx.merge(self.graphdef, state)(tokens[:, :-1])
-        return _nll(logits, tokens[:, 1:])
+    def _split(self, split: str) -> str:
+        return split if split in self.data.eval_splits else self.data.eval_splits[0]
 
-    def evaluate(self, model: nnx.Module, split: str) -> dict[str, float]:
-        state = nnx.state(model)
-        split = split if split in self.data.eval_splits else self.data.eval_splits[0]
-        total, count = 0.0, 0.0
-        for batch in self.data.eval_batches(split=split, limit=self.config.eval.windows):
-            nats, tokens = self.score(state, batch["tokens"])
-            total, count = total + float(nats), count + float(tokens)
-        loss = total / max(count, 1.0)
+    def batches(self, split: str) -> list[Batch]:
+        return self.data.eval_batches(split=self._split(split), limit=self.config.eval.windows)
+
+    def metrics(
+        self, split: str, totals: dict[str, float], batches: Any, outputs: list[Any]
+    ) -> dict[str, float]:
+        loss = totals["nll"] / max(totals["tokens"], 1.0)
         return {"loss": loss, "perplexity": float(np.exp(loss))}
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
         length = min(self.config.eval.plot_length, self.config.data.context_length)
         stream = self.data.stream(self.data.eval_splits[0])
         tokens = np.asarray(stream[:length], np.int32)[None]
-        _, weights = _forward_with_weights(self.weights_graph, nnx.state(model), tokens)
+        _, weights = _forward_with_weights(weights_graphdef(model), nnx.state(model), tokens)
         pieces = self.data.pieces(tokens[0])
         stacked = np.stack([np.asarray(w[0]) for w in weights["decoder_self"]])  # [L, N, T, T]
         path = visualize_lib.head_grid(

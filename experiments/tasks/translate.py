@@ -10,14 +10,11 @@ cross-attention.
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from experiments import config as config_lib
@@ -25,10 +22,13 @@ from experiments import evaluate as evaluate_lib
 from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig
 from experiments.data import translation
-from experiments.runner import Batch, Setup
+from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from experiments.losses import masked_cross_entropy, token_accuracy
+from experiments.runner import Batch, Evaluation, Setup
 from zoo import decoding
+from zoo.models.protocol import weights_graphdef
 from zoo.models.rnnsearch import RNNSearch, RNNSearchConfig
-from zoo.models.transformer import BASE, BIG, Transformer, TransformerConfig, weights_graphdef
+from zoo.models.transformer import BASE, BIG, Transformer, TransformerConfig
 
 MODELS = ("rnnsearch", "rnnencdec", "transformer")
 
@@ -43,11 +43,19 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    examples: int = 500  # held-out sentences translated for BLEU (None of them in training)
+    # Held-out sentences scored and translated for BLEU (none of them seen in training), in
+    # batches of train.batch_size.
+    examples: int = 500
     beam_size: int = 5  # beam width for BLEU
     length_penalty: float = 0.6  # GNMT alpha (Wu et al. 2016, eq. 14); 0 = none
-    batch_size: int = 100  # sentences decoded at once
     plots: int = 4  # held-out sentences drawn as alignment heatmaps
+
+    def __post_init__(self) -> None:
+        for name in ("examples", "beam_size", "plots"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.length_penalty < 0:
+            raise ValueError(f"eval.length_penalty must be >= 0, got {self.length_penalty}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +63,9 @@ class Config:
     experiment: str  # "translate"
     model_name: str  # one of MODELS
     data: DataConfig
-    model: RNNSearchConfig  # source/target vocabulary sizes also size the tokenizers
-    train: TrainConfig
-    eval: EvalConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformerTranslateConfig:
-    experiment: str  # "translate"
-    model_name: str  # "transformer"
-    data: DataConfig
-    model: TransformerConfig  # vocab_size sizes the shared source-target tokenizer (sec. 3.4)
+    # RNNsearch / RNNencdec: source and target vocabulary sizes also size the tokenizers; the
+    # Transformer: vocab_size sizes the shared source-target tokenizer (sec. 3.4).
+    model: RNNSearchConfig | TransformerConfig
     train: TrainConfig
     eval: EvalConfig
 
@@ -132,12 +132,12 @@ def presets(model: str) -> dict[str, Any]:
         train=dataclasses.replace(
             tiny.train, steps=4, batch_size=8, eval_every=4, checkpoint_every=2, log_every=1
         ),
-        eval=EvalConfig(examples=8, beam_size=2, batch_size=8, plots=1),
+        eval=EvalConfig(examples=8, beam_size=2, plots=1),
     )
     return {"tiny": tiny, "paper": paper, "smoke": smoke}
 
 
-def _transformer_presets() -> dict[str, TransformerTranslateConfig]:
+def _transformer_presets() -> dict[str, Config]:
     # The paper's recipe (sec. 5.3-5.4): Adam, warm-up then 1/sqrt(step), label smoothing 0.1,
     # residual dropout 0.1, post-LN, shared vocabulary and tied embeddings.
     paper_train = TrainConfig(
@@ -151,7 +151,7 @@ def _transformer_presets() -> dict[str, TransformerTranslateConfig]:
         eval_every=5000,
         checkpoint_every=1000,
     )
-    tiny = TransformerTranslateConfig(
+    tiny = Config(
         experiment="translate",
         model_name="transformer",
         data=DataConfig(max_length=40),
@@ -185,7 +185,7 @@ def _transformer_presets() -> dict[str, TransformerTranslateConfig]:
         train=dataclasses.replace(
             tiny.train, steps=4, batch_size=8, eval_every=4, checkpoint_every=2, log_every=1
         ),
-        eval=EvalConfig(examples=8, beam_size=2, batch_size=8, plots=1),
+        eval=EvalConfig(examples=8, beam_size=2, plots=1),
     )
     big = dataclasses.replace(
         base,
@@ -195,22 +195,13 @@ def _transformer_presets() -> dict[str, TransformerTranslateConfig]:
     return {"tiny": tiny, "base": base, "big": big, "smoke": smoke}
 
 
-def load_config(path: pathlib.Path) -> Config | TransformerTranslateConfig:
-    model_name = json.loads(path.read_text())["model_name"]
-    kind = TransformerTranslateConfig if model_name == "transformer" else Config
-    return config_lib.load(kind, path)
+def load_config(path: pathlib.Path) -> Config:
+    return config_lib.load(Config, path)
 
 
-def make_model(config: Config | TransformerTranslateConfig) -> RNNSearch | Transformer:
-    rngs = nnx.Rngs(config.train.seed)
-    if isinstance(config.model, TransformerConfig):
-        return Transformer(dataclasses.replace(config.model, pad_id=translation.PAD_ID), rngs=rngs)
-    return RNNSearch(dataclasses.replace(config.model, pad_id=translation.PAD_ID), rngs=rngs)
-
-
-def setup(config: Config | TransformerTranslateConfig, workdir: pathlib.Path) -> Setup:
+def setup(config: Config, workdir: pathlib.Path) -> Setup:
     del workdir
-    transformer = isinstance(config, TransformerTranslateConfig)
+    transformer = isinstance(config.model, TransformerConfig)
     if isinstance(config.model, TransformerConfig):
         source_vocab = target_vocab = config.model.vocab_size
     else:
@@ -227,20 +218,35 @@ def setup(config: Config | TransformerTranslateConfig, workdir: pathlib.Path) ->
         batch_size=config.train.batch_size,
         seed=config.train.seed,
     )
-    model = make_model(config)
-    graphdef = nnx.graphdef(model)
-    # Pictures need the weights, which only the reference kernel returns.
-    weights_graph = weights_graphdef(model) if isinstance(model, Transformer) else graphdef
-    evaluation = _Evaluation(config.eval, data, graphdef, weights_graph, config.data.max_length)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, pad_id=PAD_ID))
+    rngs = nnx.Rngs(config.train.seed)
+    model = (
+        Transformer(config.model, rngs=rngs)
+        if isinstance(config.model, TransformerConfig)
+        else RNNSearch(config.model, rngs=rngs)
+    )
+    held_out = HeldOut(config, data)
     return Setup(
+        config=config,
         model=model,
         batches=data.train_iterator(),
         loss_fn=functools.partial(loss_fn, label_smoothing=config.train.label_smoothing),
-        evaluate=evaluation.evaluate,
-        visualize=evaluation.visualize,
-        count_tokens=lambda batch: int(np.sum(batch["target"] != translation.PAD_ID)),
+        evaluation=Evaluation(
+            batches=held_out.batches,
+            sums=sums,
+            generate=functools.partial(
+                translate,
+                beam_size=config.eval.beam_size,
+                length_penalty=config.eval.length_penalty,
+                max_length=config.data.max_length,
+            ),
+            metrics=held_out.metrics,
+        ),
+        visualize=held_out.visualize,
+        count_tokens=lambda batch: int(np.sum(batch["target"] != PAD_ID)),
         best_metric="bleu",
         best_mode="max",
+        held_out=held_out,
     )
 
 
@@ -257,120 +263,111 @@ def loss_fn(
     """Mean cross-entropy per target token under teacher forcing (Bahdanau et al. eq. (1)),
     optionally against label-smoothed targets (Vaswani et al. sec. 5.4)."""
     target = batch["target"]  # [B, T+1]: BOS y_1 .. y_n EOS pad ..
-    logits = _forward(model, batch["source"], target[:, :-1], rng).astype(jnp.float32)
-    labels = target[:, 1:]
-    real = (labels != translation.PAD_ID).astype(jnp.float32)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    losses = optax.softmax_cross_entropy(logits, targets)
-    tokens = jnp.maximum(real.sum(), 1.0)
-    accuracy = ((logits.argmax(-1) == labels) * real).sum() / tokens
-    return (losses * real).sum() / tokens, {"accuracy": accuracy}
+    logits = _forward(model, batch["source"], target[:, :-1], rng)
+    total, tokens = masked_cross_entropy(logits, target[:, 1:], label_smoothing=label_smoothing)
+    tokens = jax.numpy.maximum(tokens, 1)
+    return total / tokens, {"accuracy": token_accuracy(logits, target[:, 1:]) / tokens}
 
 
-class _Evaluation:
-    """Held-out loss, beam-search BLEU and alignment pictures, jitted once per run."""
+def sums(model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
+    """Summed held-out cross-entropy and its token count, teacher-forced."""
+    target = batch["target"]
+    total, tokens = masked_cross_entropy(
+        _forward(model, batch["source"], target[:, :-1], None), target[:, 1:]
+    )
+    return {"nll": total, "tokens": tokens}
 
-    def __init__(
-        self,
-        config: EvalConfig,
-        data: Any,
-        graphdef: nnx.GraphDef,
-        weights_graph: nnx.GraphDef,
-        max_length: int,
-    ):
+
+def translate(
+    model: Any, batch: Batch, *, beam_size: int, length_penalty: float, max_length: int
+) -> jax.Array:
+    """The best beam-search translation of each source, ``[B, max_length]``."""
+    # The Transformer's cache has room for BOS and max_length tokens.
+    state = model.init_decode_state(model.encode(batch["source"]), max_length + 1)
+    result = decoding.beam_search(
+        model.step,
+        state,
+        beam_size=beam_size,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=PAD_ID,
+        max_length=max_length,
+        length_penalty=length_penalty,
+    )
+    return result.tokens[:, 0]
+
+
+class HeldOut:
+    """The held-out sentences of a split, read once; BLEU; alignment pictures."""
+
+    def __init__(self, config: Config, data: translation.TranslationData):
         self.config = config
         self.data = data
-        self.graphdef = graphdef
-        self.weights_graph = weights_graph  # the same model on a kernel that returns weights
-        self.max_length = max_length
-        self.eval_loss = jax.jit(self._eval_loss)
-        self.translate = jax.jit(self._translate)
+        self.cached: dict[str, list[Batch]] = {}
 
-    def _model(self, state: nnx.State) -> Any:
-        return nnx.merge(self.graphdef, state)
+    def batches(self, split: str) -> list[Batch]:
+        if split not in self.cached:
+            self.cached[split] = self.data.eval_batches(self.config.eval.examples, split=split)
+        return self.cached[split]
 
-    def _eval_loss(self, state: nnx.State, batch: Batch) -> tuple[jax.Array, jax.Array]:
-        model = self._model(state)
-        target = batch["target"]
-        logits = _forward(model, batch["source"], target[:, :-1], None)
-        labels = target[:, 1:]
-        real = labels != translation.PAD_ID
-        # The log-softmax in float32 whatever the model's compute dtype.
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-        return (losses * real).sum(), real.sum()
-
-    def _translate(self, state: nnx.State, source: jax.Array) -> jax.Array:
-        model = self._model(state)
-        if isinstance(model, Transformer):
-            init = model.init_decode_state(source, self.max_length + 1)
-            step = model.step
-        else:
-            init = model.encode(source)
-
-            def step(tokens: jax.Array, carry: dict) -> tuple[jax.Array, dict]:
-                logits, carry, _ = model.step(tokens, carry)
-                return logits, carry
-
-        result = decoding.beam_search(
-            step,
-            init,
-            beam_size=self.config.beam_size,
-            bos_id=translation.BOS_ID,
-            eos_id=translation.EOS_ID,
-            pad_id=translation.PAD_ID,
-            max_length=self.max_length,
-            length_penalty=self.config.length_penalty,
-        )
-        return result.tokens[:, 0]
-
-    def evaluate(self, model: nnx.Module, split: str) -> dict[str, float]:
-        state = nnx.state(model)
-        total, count = 0.0, 0.0
-        for batch in self.data.eval_batches(split=split):
-            loss, tokens = self.eval_loss(state, batch)
-            total, count = total + float(loss), count + float(tokens)
-        sources, references = self.data.eval_pairs(self.config.examples, split=split)
-        hypotheses = self.translate_texts(state, sources)
+    def metrics(
+        self, split: str, totals: dict[str, float], batches: Any, outputs: list[Any]
+    ) -> dict[str, float]:
+        sources, references = self.data.eval_pairs(self.config.eval.examples, split=split)
+        hypotheses = self.data.decode_targets(np.concatenate(outputs))[: len(sources)]
         metrics = {
-            "loss": total / max(count, 1.0),
+            "loss": totals["nll"] / max(totals["tokens"], 1.0),
             "bleu": evaluate_lib.corpus_bleu(hypotheses, references),
         }
         for bucket, bleu in evaluate_lib.bleu_by_length(sources, hypotheses, references).items():
             metrics[f"bleu_len_{bucket}"] = bleu
         return metrics
 
-    def translate_texts(self, state: nnx.State, sources: list[str]) -> list[str]:
-        hypotheses: list[str] = []
-        size = self.config.batch_size
+    def translate_texts(self, model: nnx.Module, sources: list[str]) -> list[str]:
+        """Beam-search translations of raw source sentences, as the evaluation makes them."""
+        graphdef, state = nnx.split(model)
+        size, hypotheses = self.config.train.batch_size, []
         for start in range(0, len(sources), size):
             chunk = sources[start : start + size]
             # Pad the last chunk to the full batch so the decoder compiles once.
             padded = chunk + [chunk[-1]] * (size - len(chunk))
-            tokens = self.translate(state, self.data.encode_sources(padded, self.max_length))
+            ids = self.data.encode_sources(padded, self.config.data.max_length)
+            tokens = _translate_jit(graphdef, state, ids, self._options())
             hypotheses += self.data.decode_targets(np.asarray(tokens))[: len(chunk)]
         return hypotheses
 
+    def attention(
+        self, model: nnx.Module, sources: list[str], hypotheses: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, Any]:
+        """``(source ids [B, S], target ids [B, T+1], weights)``: the attention while
+        teacher-forcing each translation, ``[B, T, S]`` or, for the Transformer, a dict of
+        per-layer ``[B, N, *, *]`` (Transformer.__call__'s)."""
+        width = self.config.data.max_length
+        source_ids = self.data.encode_sources(sources, width)
+        target_ids = self.data.encode_targets(hypotheses, width + 1)
+        weights = _alignment(weights_graphdef(model), nnx.state(model), source_ids, target_ids)
+        return source_ids, target_ids, jax.device_get(weights[1])
+
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
-        state = nnx.state(model)
-        sources, _ = self.data.eval_pairs(self.config.plots, split="test")
-        hypotheses = self.translate_texts(state, sources)
+        """The alignment (Bahdanau et al. 2014, Fig. 3) of a few test sentences' beam-search
+        translations; for the Transformer, every layer's and head's cross-attention."""
+        sources, _ = self.data.eval_pairs(self.config.eval.plots, split="test")
+        hypotheses = self.translate_texts(model, sources)
+        source_ids, target_ids, weights = self.attention(model, sources, hypotheses)
         paths = []
         for i, (source, hypothesis) in enumerate(zip(sources, hypotheses, strict=True)):
-            source_ids = self.data.encode_sources([source], self.max_length)
-            target_ids = self.data.encode_targets([hypothesis], self.max_length + 1)
-            _, weights = _alignment(self.weights_graph, state, source_ids, target_ids)
-            source_pieces = self.data.source_pieces(source_ids[0])
-            target_pieces = self.data.target_pieces(target_ids[0, 1:])
+            source_pieces = self.data.source_pieces(source_ids[i])
+            target_pieces = self.data.target_pieces(target_ids[i, 1:])
             T, S = len(target_pieces), len(source_pieces)
             title = f"{source}\n-> {hypothesis}"
             if isinstance(weights, dict):  # Transformer: every layer's and head's cross-attention
-                cross = np.stack([np.asarray(w[0, :, :T, :S]) for w in weights["cross"]])
+                cross = np.stack([w[i, :, :T, :S] for w in weights["cross"]])
                 path = visualize_lib.head_grid(
                     cross, target_pieces, source_pieces, out_dir / f"cross_attention_{i}.png", title
                 )
             else:
                 path = visualize_lib.alignment_heatmap(
-                    np.asarray(weights[0, :T, :S]),
+                    weights[i, :T, :S],
                     source_pieces,
                     target_pieces,
                     out_dir / f"alignment_{i}.png",
@@ -378,6 +375,24 @@ class _Evaluation:
                 )
             paths.append(path)
         return paths
+
+    def _options(self) -> tuple[int, float, int]:
+        e = self.config.eval
+        return e.beam_size, e.length_penalty, self.config.data.max_length
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _translate_jit(
+    graphdef: nnx.GraphDef, state: nnx.State, source: jax.Array, options: tuple[int, float, int]
+) -> jax.Array:
+    beam_size, length_penalty, max_length = options
+    return translate(
+        nnx.merge(graphdef, state),
+        {"source": source},
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        max_length=max_length,
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)

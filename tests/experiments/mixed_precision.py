@@ -53,7 +53,7 @@ def train(
     opt_state = optimizer.init(params)
     step = jax.jit(
         functools.partial(
-            runner._train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
+            runner.train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
         )
     )
     losses = []

@@ -1,6 +1,7 @@
 """The caption experiment end to end on the smoke preset, through the real CLI; its loss,
 decoding and attention-correctness wiring on hand-made inputs."""
 
+import dataclasses
 import functools
 import json
 import math
@@ -49,7 +50,7 @@ def smoke(finished_run):
     workdir, _ = finished_run
     config = caption.load_config(workdir / "config.json")
     setup = caption.setup(config, workdir)
-    return config, setup.evaluate.__self__.data, setup
+    return config, setup.held_out.data, setup
 
 
 def test_trains_evaluates_checkpoints_and_draws(finished_run):
@@ -118,12 +119,13 @@ def test_loss_is_nll_plus_the_penalty_per_token_and_zero_strength_drops_it(smoke
 
 def test_greedy_decoding_follows_the_models_argmax_and_beam_captions_are_well_formed(smoke):
     config, data, setup = smoke
-    evaluation = setup.evaluate.__self__
-    state = nnx.state(setup.model)
-    images = data.eval_batches(data.batch_size, split="test")[0]["image"]
+    batch = data.eval_batches(data.batch_size, split="test")[0]
+    images = batch["image"]
     T = config.data.max_length
-    greedy = np.asarray(evaluation.greedy(state, images))
-    beam = np.asarray(evaluation.beam(state, images))
+    out = nnx.jit(setup.evaluation.generate)(
+        setup.model, {k: batch[k] for k in ("image", "caption")}
+    )
+    greedy, beam = np.asarray(out["greedy"]), np.asarray(out["beam"])
     for tokens in (greedy, beam):
         assert tokens.shape == (data.batch_size, T) and tokens.dtype == np.int32
         assert tokens.min() >= 0 and tokens.max() < data.vocab_size
@@ -133,11 +135,12 @@ def test_greedy_decoding_follows_the_models_argmax_and_beam_captions_are_well_fo
                 assert np.all(row[ends[0] + 1 :] == PAD_ID)
     # Greedy search is the step function's argmax, fed back, until the end token.
     model = setup.model
-    decoder_state = model.encode(caption.with_coordinates(jnp.asarray(images[:2])))
+    memory = model.encode(caption.with_coordinates(jnp.asarray(images[:2])))
+    decoder_state = model.init_decode_state(memory, T)
     previous = jnp.full((2,), BOS_ID, jnp.int32)
     expected = []
     for _ in range(T):
-        logits, decoder_state, _ = model.step(previous, decoder_state)
+        logits, decoder_state = model.step(previous, decoder_state)
         previous = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         expected.append(np.asarray(previous))
     expected = np.stack(expected, axis=1)
@@ -253,7 +256,8 @@ def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     config = mixed_precision.smoke_config(caption, "sat", tmp_path)
     # The smoke scenes' layout (1 channel, 23 words), at a quarter of their 64 x 64 side.
     data = types.SimpleNamespace(channels=1, vocab_size=23, image_size=16)
-    model = caption.make_model(config, data)
+    model_config = dataclasses.replace(config.model, vocab_size=23, image_channels=1 + 2)
+    model = caption.make_model(dataclasses.replace(config, model=model_config))
     B, T = config.train.batch_size, 9
     images = np.random.default_rng(0).uniform(size=(B, 16, 16, 1)).astype(np.float32)
     captions = mixed_precision.tokens((B, T + 1), data.vocab_size)
@@ -267,7 +271,7 @@ def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     logits, weights = nnx.eval_shape(
         lambda m: m(inputs, captions[:, :-1], return_weights=True), model
     )
-    state = nnx.eval_shape(lambda m: m.encode(inputs), model)
+    state = nnx.eval_shape(lambda m: m.init_decode_state(m.encode(inputs), T), model)
     assert logits.dtype == state["annotations"].dtype == jnp.bfloat16
     # The LSTM state and the attention maps drawn over the images stay float32.
     assert state["memory"].dtype == state["hidden"].dtype == weights.dtype == jnp.float32

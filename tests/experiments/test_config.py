@@ -1,6 +1,7 @@
 """Config overrides are parsed by field type, checked by name, and round-trip through JSON."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -67,3 +68,87 @@ def test_bad_overrides_say_what_is_valid(override, message):
 def test_unknown_saved_field_is_an_error():
     with pytest.raises(ValueError, match=r"unknown Inner fields \['depth'\]"):
         config_lib.from_dict(Inner, {"depth": 3})
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("steps", 0, r"train.steps: expected an int >= 1, got 0"),
+        ("steps", -5, r"train.steps: expected an int >= 1, got -5"),
+        ("steps", 2.5, r"train.steps: expected an int >= 1, got 2.5"),
+        ("batch_size", 0, r"train.batch_size: expected an int >= 1, got 0"),
+        ("learning_rate", 0.0, r"train.learning_rate: expected a finite number > 0, got 0.0"),
+        ("learning_rate", -1e-3, r"train.learning_rate: expected a finite number > 0"),
+        ("learning_rate", float("nan"), r"train.learning_rate: expected .*, got nan"),
+        ("learning_rate", float("inf"), r"train.learning_rate: expected .*, got inf"),
+        ("schedule", "linear", r"train.schedule: expected one of 'constant', 'cosine', 'rsqrt'"),
+        ("optimizer", "sgd", r"train.optimizer: expected one of 'adam', 'adamw', 'adadelta'"),
+        ("warmup_steps", -1, r"train.warmup_steps: expected an int >= 0, got -1"),
+        ("weight_decay", -0.1, r"train.weight_decay: expected a finite number >= 0, got -0.1"),
+        ("clip_norm", 0.0, r"train.clip_norm: expected a number > 0, got 0.0"),
+        ("label_smoothing", 1.0, r"train.label_smoothing: expected .* >= 0 and < 1, got 1.0"),
+        ("label_smoothing", -0.1, r"train.label_smoothing: expected .* >= 0 and < 1, got -0.1"),
+        ("eval_every", 0, r"train.eval_every: expected an int >= 1, got 0"),
+        ("checkpoint_every", 0, r"train.checkpoint_every: expected an int >= 1, got 0"),
+        ("keep_last", 0, r"train.keep_last: expected an int >= 1, got 0"),
+        ("log_every", 0, r"train.log_every: expected an int >= 1, got 0"),
+        ("devices", -1, r"train.devices: expected an int >= 0, got -1"),
+        ("param_sharding", "fsdp", r"train.param_sharding: expected one of 'replicate', 'shard'"),
+        ("seed", True, r"train.seed: expected an int, got True"),
+    ],
+)
+def test_train_config_rejects_values_out_of_range(field, value, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        TrainConfig(**{field: value})
+    # dataclasses.replace runs the same check: what `--steps N` in experiments.run does.
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TrainConfig(), **{field: value})
+
+
+def test_train_config_accepts_the_edges():
+    edges = TrainConfig(
+        steps=1, warmup_steps=0, devices=0, label_smoothing=0.0, clip_norm=float("inf")
+    )
+    assert edges.steps == 1 and edges.clip_norm == float("inf")
+    assert TrainConfig(learning_rate=1, label_smoothing=0.999).learning_rate == 1
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.steps=0", r"train.steps: expected an int >= 1, got 0 \(from --set train.steps=0\)"),
+        ("train.learning_rate=nan", r"train.learning_rate: expected a finite number > 0"),
+        ("train.schedule=linear", r"train.schedule: expected one of 'constant', 'cosine'"),
+    ],
+)
+def test_overrides_are_checked_when_applied(override, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.apply_overrides(Outer(), [override])
+
+
+def test_a_saved_config_is_checked_when_loaded(tmp_path):
+    path = tmp_path / "config.json"
+    config_lib.save(Outer(), path)
+    values = json.loads(path.read_text())
+    values["train"]["keep_last"] = 0
+    path.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=r"train.keep_last: expected an int >= 1, got 0"):
+        config_lib.load(Outer, path)
+
+
+def test_helpers_name_the_field_and_the_range():
+    config_lib.check_range("model", "dropout", 0.0, at_least=0, less_than=1)
+    config_lib.check_range("model", "depth", 3, at_least=1, at_most=3, integer=True)
+    with pytest.raises(
+        config_lib.ConfigError, match=r"^model.depth: expected an int >= 1 and <= 3, got 4$"
+    ):
+        config_lib.check_range("model", "depth", 4, at_least=1, at_most=3, integer=True)
+    with pytest.raises(
+        config_lib.ConfigError, match=r"^eval.beam: expected a finite number, got 'x'$"
+    ):
+        config_lib.check_range("eval", "beam", "x")
+    config_lib.check_choice("data", "tokenizer", "char", ("char", "bpe"))
+    with pytest.raises(
+        config_lib.ConfigError, match=r"^data.tokenizer: expected one of 'char', 'bpe', got 'word'$"
+    ):
+        config_lib.check_choice("data", "tokenizer", "word", ("char", "bpe"))

@@ -1,8 +1,8 @@
 """The lm experiment on the smoke preset through the real CLI, sampling from its run, and its
 model trained in bfloat16."""
 
+import dataclasses
 import json
-import types
 
 import jax.numpy as jnp
 import pytest
@@ -59,7 +59,8 @@ def test_sample_rejects_a_too_long_request(finished_run):
 
 def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     config = mixed_precision.smoke_config(lm, "transformer", tmp_path)
-    model = lm.make_model(config, types.SimpleNamespace(vocab_size=83))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=83))
+    model = lm.make_model(config)
     B, T = config.train.batch_size, config.data.context_length
     tokens = mixed_precision.tokens((B, T + 1), 83)
     losses = mixed_precision.train(model, lm.loss_fn, {"tokens": tokens}, config.train)

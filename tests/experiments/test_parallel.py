@@ -33,7 +33,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from experiments import config as config_lib
-from experiments import parallel, runner
+from experiments import parallel, runner, tasks
 from experiments.checkpoints import Checkpoints
 from experiments.data import pipeline
 from experiments.metrics import MetricWriter
@@ -134,17 +134,13 @@ def _train(
     setup.model = _Wide(nnx.Rngs(0))
     if batches is not None:
         setup.batches = batches
-    evaluate = setup.evaluate
+    evaluate = runner._Evaluator.__call__
 
-    def evaluating(model: nnx.Module, split: str) -> dict[str, float]:
-        params = nnx.state(model, nnx.Param)
-        record["eval_devices"].append(
-            max(len(x.sharding.device_set) for x in jax.tree.leaves(params))
-        )
-        record["final"] = [np.asarray(x).tolist() for x in jax.tree.leaves(params)]
-        return evaluate(model, split)
-
-    setup.evaluate = evaluating
+    def evaluating(self: Any, state: nnx.State, split: str) -> dict[str, float]:
+        leaves = jax.tree.leaves(state)  # the model's parameters, as the runner evaluates them
+        record["eval_devices"].append(max(len(x.sharding.device_set) for x in leaves))
+        record["final"] = [np.asarray(x).tolist() for x in leaves]
+        return evaluate(self, state, split)
 
     def visualize(model: nnx.Module, out: pathlib.Path) -> list[pathlib.Path]:
         record["plotted"] += 1
@@ -165,6 +161,7 @@ def _train(
         contextlib.redirect_stdout(printed),  # evaluation lines
         mock.patch.object(runner, "MetricWriter", Writer),
         mock.patch.object(runner, "Checkpoints", Recording),
+        mock.patch.object(runner._Evaluator, "__call__", evaluating),
     ):
         runner.train(setup, config, workdir, resume=resume)
     record["printed"] = printed.getvalue()
@@ -503,7 +500,7 @@ def test_devices_can_be_set_from_the_command_line(tmp_path):
 
     command = ["lm", "--preset", "smoke", "--set", "train.devices=4"]
     args = run.parse_args([*command, "--set", "train.param_sharding=shard"])
-    config = run.resolve_config(args, run.load_experiment("lm"), tmp_path)
+    config = run.resolve_config(args, tasks.load("lm"), tmp_path)
     assert (config.train.devices, config.train.param_sharding) == (4, "shard")
     assert config_lib.TrainConfig().devices == 1  # today's single-device run by default
     assert config_lib.TrainConfig().param_sharding == "replicate"

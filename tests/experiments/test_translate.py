@@ -12,6 +12,7 @@ from experiments import run, visualize
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.tasks import translate
 from tests.experiments import mixed_precision
+from zoo.models.rnnsearch import RNNSearch
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_a_config_saved_before_the_precision_fields_loads_with_their_defaults(tm
 @pytest.mark.slow  # compiling a bf16 train step costs tens of seconds
 def test_rnnsearch_trains_in_bfloat16_over_float32_parameters(tmp_path):
     config = mixed_precision.smoke_config(translate, "rnnsearch", tmp_path)
-    model = translate.make_model(config)
+    model = RNNSearch(config.model, rngs=nnx.Rngs(0))
     B, S, T = config.train.batch_size, 11, 7
     source = mixed_precision.tokens((B, S), config.model.source_vocab_size)
     source[1, 5:] = PAD_ID  # a short sentence
@@ -146,7 +147,7 @@ def test_rnnsearch_trains_in_bfloat16_over_float32_parameters(tmp_path):
     logits, weights = nnx.eval_shape(
         lambda m: m(source, target[:, :-1], return_weights=True), model
     )
-    carry = nnx.eval_shape(lambda m: m.encode(source), model)
+    carry = nnx.eval_shape(lambda m: m.init_decode_state(m.encode(source), T), model)
     assert logits.dtype == carry["annotations"].dtype == jnp.bfloat16
     # The GRU state and the alignment weights drawn in the pictures stay float32.
     assert carry["state"].dtype == weights.dtype == jnp.float32

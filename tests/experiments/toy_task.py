@@ -40,16 +40,20 @@ def make_setup(seed: int = 0, sleep: float = 0.0) -> runner.Setup:
         error = model(batch["x"])[:, 0] - batch["y"] + 0 * noise
         return jnp.mean(error**2), {}
 
-    def evaluate(model, split):
-        if sleep:
+    def sums(model, batch):
+        return {"weight_sum": model.kernel[...].sum()}
+
+    def metrics(split, totals, batches, outputs):
+        if sleep:  # a slow evaluation
             time.sleep(sleep)
-        return {"weight_sum": float(model.kernel[...].sum())}
+        return totals
 
     return runner.Setup(
+        config=None,
         model=nnx.Linear(5, 1, rngs=nnx.Rngs(seed)),
         batches=batches,
         loss_fn=loss_fn,
-        evaluate=evaluate,
+        evaluation=runner.Evaluation(batches=lambda split: [{}], sums=sums, metrics=metrics),
         visualize=lambda model, out: [],
         count_tokens=lambda batch: 32,
         best_metric="weight_sum",

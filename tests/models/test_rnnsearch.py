@@ -64,11 +64,13 @@ def test_padding_does_not_change_the_translation(model, batch):
 
 def test_decoding_steps_equal_teacher_forcing(model, batch):
     source, target = batch
-    full, _ = forward(model, source, target)
-    carry = model.encode(source)
+    full, full_weights = forward(model, source, target)
+    state = model.init_decode_state(model.encode(source), T, keep_weights=True)
     for t in range(T):
-        logits, carry, _ = model.step(jnp.asarray(target[:, t]), carry)
+        logits, state = model.step(jnp.asarray(target[:, t]), state)
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
+    # The state kept every step's alignment, as teacher forcing returns it.
+    np.testing.assert_allclose(state["weights"], full_weights, atol=1e-6)
 
 
 def test_outputs_depend_only_on_earlier_target_words(model, batch):
@@ -113,9 +115,9 @@ def test_dtypes_reach_parameters_outputs_and_states(batch, attention, dtype, par
     source, target = batch
     logits, weights = nnx.eval_shape(lambda m: m(source, target, return_weights=True), model)
     assert logits.dtype == dtype and weights.dtype == jnp.float32
-    carry = nnx.eval_shape(lambda m: m.encode(source), model)
+    carry = nnx.eval_shape(lambda m: m.init_decode_state(m.encode(source), T), model)
     assert carry["state"].dtype == jnp.float32  # the GRU state stays float32
-    step_logits, new_carry, _ = nnx.eval_shape(
+    step_logits, new_carry = nnx.eval_shape(
         lambda m, c: m.step(jnp.asarray(target[:, 0]), c), model, carry
     )
     assert step_logits.dtype == dtype

@@ -76,11 +76,11 @@ def test_shapes_and_weights_are_distributions_over_the_grid(model, batch, output
 def test_decoding_steps_equal_teacher_forcing(model, batch, outputs):
     images, captions = batch
     full_logits, full_weights = outputs
-    state = model.encode(images)
+    state = model.init_decode_state(model.encode(images), T, keep_weights=True)
     for t in range(T):
-        logits, state, weights = model.step(jnp.asarray(captions[:, t]), state)
+        logits, state = model.step(jnp.asarray(captions[:, t]), state)
         np.testing.assert_allclose(logits, full_logits[:, t], atol=1e-5)
-        np.testing.assert_allclose(weights, full_weights[:, t], atol=1e-6)
+    np.testing.assert_allclose(state["weights"], full_weights, atol=1e-6)
 
 
 def test_outputs_depend_only_on_earlier_words(model, batch, outputs):
@@ -97,10 +97,10 @@ def test_outputs_depend_only_on_earlier_words(model, batch, outputs):
 
 def test_gate_is_in_the_unit_interval_and_scales_the_context(model, batch):
     images, captions = batch
-    state = model.encode(images)
+    state = model.init_decode_state(model.encode(images), T)
     steps = []
     for t in range(T):
-        _, state, _ = model.step(jnp.asarray(captions[:, t]), state)
+        _, state = model.step(jnp.asarray(captions[:, t]), state)
         steps.append(state["gate"])
     gates = np.stack(steps)
     assert gates.shape == (T, B)
@@ -194,11 +194,8 @@ def test_dropout_only_with_rngs_and_no_rng_state(model, batch, outputs):
 def test_greedy_and_beam_search_run_on_the_step_function(model, batch):
     images, _ = batch
 
-    def step(tokens, state):
-        logits, state, _ = model.step(tokens, state)
-        return logits, state
-
-    state = model.encode(images)
+    step = model.step
+    state = model.init_decode_state(model.encode(images), 5)
     greedy = decoding.greedy_search(step, state, bos_id=1, eos_id=2, pad_id=0, max_length=5)
     beams = decoding.beam_search(
         step, state, beam_size=2, bos_id=1, eos_id=2, pad_id=0, max_length=5
@@ -245,9 +242,9 @@ def test_greedy_and_beam_search_run_on_the_step_function(model, batch):
             r"images \[B, ...\] and captions_in \[B, T\] must share B, got \(3, 6, 10, 2\) and \(2, 7\)",
         ),
         (
-            lambda m, x, y: m.step(jnp.asarray(y[:, :1]), m.encode(x)),
+            lambda m, x, y: m.step(jnp.asarray(y[:, :1]), m.init_decode_state(m.encode(x), 2)),
             ValueError,
-            r"previous must be int \[B\], got int32 \(3, 1\)",
+            r"tokens must be int \[B\], got int32 \(3, 1\)",
         ),
         (
             lambda m, x, y: doubly_stochastic_penalty(np.ones((3, 7)), y > 0),
@@ -284,11 +281,11 @@ def test_dtypes_reach_parameters_outputs_and_states(batch, dtype, param_dtype):
         lambda m: m(images, captions, return_weights=True, rngs=jax.random.key(0)), model
     )
     assert logits.dtype == dtype and weights.dtype == jnp.float32
-    state = nnx.eval_shape(lambda m: m.encode(images), model)
+    state = nnx.eval_shape(lambda m: m.init_decode_state(m.encode(images), T), model)
     assert state["annotations"].dtype == dtype
     # The LSTM memory and hidden state (and the analysis gate) stay float32.
     assert {state[k].dtype for k in ("memory", "hidden", "gate")} == {jnp.dtype(jnp.float32)}
-    step_logits, new_state, _ = nnx.eval_shape(
+    step_logits, new_state = nnx.eval_shape(
         lambda m, s: m.step(jnp.asarray(captions[:, 0]), s), model, state
     )
     assert step_logits.dtype == dtype

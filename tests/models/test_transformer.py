@@ -11,6 +11,7 @@ from flax import nnx
 from zoo import decoding
 from zoo.kernels import dot_product_attention, sinusoidal_positions
 from zoo.kernels.blockwise import blockwise_attention
+from zoo.models.protocol import weights_graphdef
 from zoo.models.transformer import (
     BASE,
     BIG,
@@ -20,7 +21,6 @@ from zoo.models.transformer import (
     TransformerConfig,
     TransformerLM,
     count_parameters,
-    weights_graphdef,
 )
 from zoo.nn import MultiHeadAttention
 
@@ -65,12 +65,12 @@ def lm_forward(model, tokens):
 
 @nnx.jit
 def encode(model, source):
-    return model.encode(source)
+    return model.encode(source)["memory"]
 
 
 @nnx.jit
 def init_decode_state(model, source):
-    return model.init_decode_state(source, T + 2)
+    return model.init_decode_state(model.encode(source), T + 2)
 
 
 @nnx.jit
@@ -229,7 +229,7 @@ def test_greedy_and_beam_search_run_on_the_step_function(seq2seq, data):
 
     @jax.jit
     def search(source):
-        state = seq2seq.init_decode_state(source, T)
+        state = seq2seq.init_decode_state(seq2seq.encode(source), T)
         greedy = decoding.greedy_search(
             seq2seq.step, state, bos_id=1, eos_id=2, pad_id=PAD, max_length=T
         )
@@ -397,11 +397,15 @@ def test_embeddings_are_scaled_and_get_sinusoids(seq2seq, data):
             r"source \[B, S\] and target_in \[B, T\] must share B, got \(1, 7\) and \(2, 5\)",
         ),
         (
-            lambda m, lm, s, t: m.step(t[:, :1], jax.eval_shape(lambda: m.init_decode_state(s, T))),
+            lambda m, lm, s, t: m.step(
+                t[:, :1], jax.eval_shape(lambda: m.init_decode_state(m.encode(s), T))
+            ),
             r"tokens must be int \[B\], got int32 \(2, 1\)",
         ),
         (
-            lambda m, lm, s, t: m.step(t[0, :3], jax.eval_shape(lambda: m.init_decode_state(s, T))),
+            lambda m, lm, s, t: m.step(
+                t[0, :3], jax.eval_shape(lambda: m.init_decode_state(m.encode(s), T))
+            ),
             r"tokens \[B\] = \(3,\) must share B with the decoding state, B=2",
         ),
         (
@@ -494,7 +498,7 @@ def test_dtypes_reach_parameters_outputs_and_caches(data, model_class, config, d
     source, target = data
     if model_class is Transformer:
         logits, weights = nnx.eval_shape(lambda m: m(source, target, return_weights=True), model)
-        state = nnx.eval_shape(lambda m: m.init_decode_state(source, T + 2), model)
+        state = nnx.eval_shape(lambda m: m.init_decode_state(m.encode(source), T + 2), model)
         assert state.memory.dtype == dtype
     else:
         logits, weights = nnx.eval_shape(lambda m: m(target, return_weights=True), model)

@@ -1,9 +1,14 @@
 """Pure-function attention kernels: arrays in, arrays out; jit, vmap, grad and shard safe.
 
-``KERNELS`` maps a name to a kernel with the call of :func:`dot_product_attention` (which
-is also ``jax.nn.dot_product_attention``'s): what models and configs look up by name.
-``"auto"`` is :func:`dot_product_attention` itself, which runs each call on the fastest
-kernel that supports it (:func:`explain` says which).
+The registries map names to kernels, one registry per call, for model configs to look up:
+
+- ``KERNELS``: the call of :func:`dot_product_attention` (which is also
+  ``jax.nn.dot_product_attention``'s). ``"auto"`` is :func:`dot_product_attention` itself,
+  which runs each call on the fastest kernel that supports it (:func:`explain` says which).
+- ``ADDITIVE_KERNELS``: the call of :func:`additive_attention` (Bahdanau et al. 2014).
+  ``"auto"`` picks the Pallas kernel on GPU/TPU for long inputs, else the reference.
+
+A new kernel is one file and one line in its registry.
 """
 
 import functools
@@ -29,14 +34,20 @@ from zoo.kernels.ring import ring_attention, ring_permutation
 from zoo.kernels.sharded import sharded_attention
 from zoo.kernels.softmax import masked_softmax
 
-# Name -> kernel with the dot-product call. A new kernel is one file and one line here.
 KERNELS: dict[str, Callable[..., Any]] = {
     "auto": dot_product_attention,
     "reference": functools.partial(dot_product_attention, implementation="reference"),
     "blockwise": blockwise_attention,
 }
+ADDITIVE_KERNELS: dict[str, Callable[..., Any]] = {
+    "auto": additive_attention,
+    "additive": functools.partial(additive_attention, implementation="reference"),
+    "blockwise_additive": blockwise_additive_attention,
+    "pallas_additive": pallas_additive_attention,
+}
 
 __all__ = [
+    "ADDITIVE_KERNELS",
     "IMPLEMENTATIONS",
     "KERNELS",
     "additive_attention",

@@ -18,8 +18,13 @@ drop the CNN altogether.
 
 Where the paper is silent we follow the authors' code (arctic-captions, ``capgen.py``): a
 tanh inside the deep output, dropout on ``h_t`` and on that tanh layer, one tanh layer for
-each initial-state MLP. We keep one hidden layer in ``f_att`` (the zoo's additive kernel)
-where their COCO setting stacks two.
+each initial-state MLP. We keep one hidden layer in ``f_att`` (``zoo.nn.AdditiveAttention``,
+its kernel chosen by ``config.kernel``) where their COCO setting stacks two.
+
+Decoding (``zoo.decoding``) goes through the zoo's model protocol: :meth:`ShowAttendTell.encode`
+turns the images into annotations once, :meth:`ShowAttendTell.init_decode_state` makes the
+LSTM's first state (with a buffer of each step's attention map when asked),
+:meth:`ShowAttendTell.step` emits one word.
 
 Mixed precision (``zoo.precision``): the CNN, embeddings, attention, gate, LSTM matmuls and
 readout run in ``config.dtype`` over parameters in ``config.param_dtype``. What stays float32:
@@ -43,7 +48,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo import precision
-from zoo.kernels import additive
+from zoo.kernels import ADDITIVE_KERNELS
+from zoo.nn import AdditiveAttention
 from zoo.shapes import Array, PRNGKey
 
 __all__ = ["ShowAttendTell", "ShowAttendTellConfig", "doubly_stochastic_penalty"]
@@ -70,6 +76,10 @@ class ShowAttendTellConfig:
     # Dropout on h_t and on the deep output (arctic-captions, p = 0.5); only applied when
     # the forward pass is given rngs.
     dropout_rate: float = 0.5
+    # f_att's kernel, a name of zoo.kernels.ADDITIVE_KERNELS: "auto", "additive" (the
+    # reference, which alone returns the weights that eq. (14) and the pictures need),
+    # "blockwise_additive", "pallas_additive".
+    kernel: str = "auto"
     pad_id: int = 0  # padding token of the captions
     # Compute dtype of activations, matmuls and logits: "float32" | "bfloat16" | "float16", or
     # "auto" (float32 on CPU, bfloat16 on GPU/TPU, decided when the model is built).
@@ -78,6 +88,13 @@ class ShowAttendTellConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "embed_dim", "hidden_dim", "annotation_dim", "attention_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kernel not in ADDITIVE_KERNELS:
+            raise ValueError(
+                f"kernel must be one of {tuple(ADDITIVE_KERNELS)}, got {self.kernel!r}"
+            )
         precision.check(self.dtype, self.param_dtype)
 
 
@@ -117,11 +134,7 @@ class ShowAttendTell(nnx.Module):
         self.init_hidden = nnx.Linear(d, n, **kw)
         # f_att of eq. (4) as the additive kernel: U_a (+ bias) on the annotations once per
         # image, W_a on h_{t-1}, v_a (Bahdanau et al. 2014, eq. (6)).
-        normal = nnx.initializers.lecun_normal()
-        self.key_proj = nnx.Param(normal(rngs.params(), (d, a), param_dtype))
-        self.key_bias = nnx.Param(jnp.zeros((a,), param_dtype))
-        self.query_proj = nnx.Param(normal(rngs.params(), (n, a), param_dtype))
-        self.score = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (a,), param_dtype))
+        self.attention = AdditiveAttention(n, d, a, key_bias=True, kernel=c.kernel, **kw)
         self.selector = nnx.Linear(n, 1, **kw)  # f_beta, sec. 4.2.1
         # The LSTM reads [E y_{t-1}; z_t] (eq. (1)): one input matrix on the concatenation.
         self.decoder = nnx.LSTMCell(m + d, n, **kw)
@@ -129,6 +142,9 @@ class ShowAttendTell(nnx.Module):
         self.out_hidden = nnx.Linear(n, m, **kw)  # L_h
         self.out_context = nnx.Linear(d, m, use_bias=False, **kw)  # L_z
         self.readout = nnx.Linear(m, config.vocab_size, **kw)  # L_o
+
+    # The kernel that returns the attention weights (zoo.models.protocol).
+    weights_kernel = "additive"
 
     def grid_shape(self, height: int, width: int) -> tuple[int, int]:
         """``(gh, gw)`` of the CNN's annotation grid for an ``height x width`` image."""
@@ -167,47 +183,61 @@ class ShowAttendTell(nnx.Module):
         return x.reshape(B, gh * gw, D)
 
     def encode(self, images: Array) -> State:
-        """Images ``[B, H, W, C]`` or annotations ``[B, L, D]`` -> the initial decoder state."""
-        return self._init_state(self._annotations(images))
+        """Images ``[B, H, W, C]`` (or annotations ``[B, L, D]``) -> what every decoding step
+        reads: the annotations and their attention keys ``U_a a_i + b``, once per image."""
+        annotations = self._annotations(images)
+        return {"annotations": annotations, "keys": self.attention.project_keys(annotations)}
 
-    def _init_state(self, annotations: Array) -> State:
+    def init_decode_state(
+        self, memory: State, max_length: int, *, keep_weights: bool = False
+    ) -> State:
+        """The LSTM's first state from the mean annotation (sec. 3.1.2), room for
+        ``max_length`` steps; with ``keep_weights`` also ``"weights" [B, max_length, L]``,
+        each step's attention written at its position (beams carry it along)."""
+        annotations = memory["annotations"]
         mean = annotations.mean(axis=1, dtype=jnp.float32)  # (1/L) sum_i a_i, sec. 3.1.2
-        B = annotations.shape[0]
-        return {
-            "annotations": annotations,  # [B, L, D]
-            "projected_keys": additive.project_keys(
-                annotations,
-                self.key_proj[...].astype(self.dtype),
-                self.key_bias[...].astype(self.dtype),
-            ),  # [B, L, A], computed once per image
+        B, L, _ = annotations.shape
+        state = {
+            **memory,
             "memory": jnp.tanh(self.init_memory(mean)).astype(_STATE_DTYPE),  # c, [B, n]
             "hidden": jnp.tanh(self.init_hidden(mean)).astype(_STATE_DTYPE),  # h, [B, n]
             "gate": jnp.zeros((B,), _STATE_DTYPE),  # beta of the latest step, for analysis
+            "position": jnp.zeros((B,), jnp.int32),
         }
+        if keep_weights:
+            state["weights"] = jnp.zeros((B, max_length, L), jnp.float32)
+        return state
 
     def step(
-        self, previous: Array, state: State, *, rng: PRNGKey | None = None
-    ) -> tuple[Array, State, Array]:
-        """One word: tokens ``[B]`` -> (logits ``[B, V]``, state, weights ``[B, L]``).
+        self, tokens: Array, state: State, *, rng: PRNGKey | None = None
+    ) -> tuple[Array, State]:
+        """One word: tokens ``[B]`` -> (logits ``[B, V]``, state).
 
         ``rng`` (a key) turns dropout on; without it the step is deterministic.
         """
-        if getattr(previous, "ndim", None) != 1 or not jnp.issubdtype(previous.dtype, jnp.integer):
+        if getattr(tokens, "ndim", None) != 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(
-                f"previous must be int [B], got {getattr(previous, 'dtype', type(previous))} "
-                f"{getattr(previous, 'shape', '')}"
+                f"tokens must be int [B], got {getattr(tokens, 'dtype', type(tokens))} "
+                f"{getattr(tokens, 'shape', '')}"
             )
+        logits, state, weights = self._step(tokens, state, rng, "weights" in state)
+        if "weights" in state:
+            rows, position = jnp.arange(tokens.shape[0]), state["position"] - 1
+            state["weights"] = state["weights"].at[rows, position].set(weights, mode="drop")
+        return logits, state
+
+    def _step(
+        self, previous: Array, state: State, rng: PRNGKey | None, return_weights: bool
+    ) -> tuple[Array, State, Array]:
         hidden = state["hidden"]
-        # Eq. (4)-(5): e_ti = f_att(a_i, h_{t-1}), alpha_t = softmax_i(e_ti). The kernel
-        # wants one dtype for all its inputs: the compute dtype.
-        context, weights = additive.additive_attention(
-            hidden[:, None].astype(self.dtype),
-            state["projected_keys"],
-            state["annotations"],
-            w_query=self.query_proj[...].astype(self.dtype),
-            v=self.score[...].astype(self.dtype),
-            return_weights=True,
+        # Eq. (4)-(5): e_ti = f_att(a_i, h_{t-1}), alpha_t = softmax_i(e_ti).
+        out = self.attention(
+            hidden[:, None], state["keys"], state["annotations"], return_weights=return_weights
         )
+        if isinstance(out, tuple):
+            context, weights = out[0], out[1][:, 0]
+        else:
+            context, weights = out, jnp.zeros(state["keys"].shape[:2], jnp.float32)
         # Sec. 4.2.1: z_t = beta_t * sum_i alpha_ti a_i, beta_t = sigmoid(f_beta(h_{t-1})).
         gate = jax.nn.sigmoid(self.selector(hidden))  # [B, 1]
         context = gate * context[:, 0]
@@ -225,8 +255,9 @@ class ShowAttendTell(nnx.Module):
             "memory": memory,
             "hidden": hidden,
             "gate": gate[:, 0].astype(_STATE_DTYPE),
+            "position": state["position"] + 1,
         }
-        return logits, new_state, weights[:, 0]
+        return logits, new_state, weights
 
     @overload
     def __call__(
@@ -274,20 +305,20 @@ class ShowAttendTell(nnx.Module):
                 f"{getattr(captions_in, 'dtype', type(captions_in))} "
                 f"{getattr(captions_in, 'shape', '')}"
             )
-        annotations = self._annotations(images)
-        if annotations.shape[0] != captions_in.shape[0]:
+        memory = self.encode(images)
+        if memory["annotations"].shape[0] != captions_in.shape[0]:
             raise ValueError(
                 f"images [B, ...] and captions_in [B, T] must share B, got {jnp.shape(images)} and "
                 f"{captions_in.shape}"
             )
-        state = self._init_state(annotations)
+        state = self.init_decode_state(memory, 0)
         T = captions_in.shape[1]
         key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
         keys = None if key is None or self.config.dropout_rate == 0 else jax.random.split(key, T)
 
         def body(state: State, xs: tuple[Array, Any]) -> tuple[State, tuple[Array, Array]]:
             previous, key = xs
-            logits, state, weights = self.step(previous, state, rng=key)
+            logits, state, weights = self._step(previous, state, key, return_weights)
             return state, (logits, weights)
 
         _, (logits, weights) = jax.lax.scan(body, state, (captions_in.T, keys))

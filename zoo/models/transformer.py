@@ -25,9 +25,13 @@ constructor, so the same parameters run on :func:`zoo.kernels.dot_product_attent
 the blockwise kernel. Dropout is driven by ``rngs`` passed at call time (an ``nnx.Rngs`` with a
 ``dropout`` stream, or a key); ``rngs=None`` is deterministic, and the model holds no RNG state.
 
-Both models decode through ``zoo.decoding``'s contract ``step(tokens [B], state) -> (logits
-[B, V], state)``: the :class:`DecodeState` holds one :class:`zoo.nn.KVCache` per decoder layer
-and, for the encoder-decoder, the encoder output and the source mask.
+Both models speak the zoo's model protocol (``zoo.models.protocol``): ``encode(inputs) ->
+memory``, ``init_decode_state(memory, max_length)``, ``step(tokens [B], state) -> (logits [B,
+V], state)``. The :class:`DecodeState` holds one :class:`zoo.nn.KVCache` per decoder layer,
+for the encoder-decoder the encoder output and the source mask, and, when asked, every
+layer's attention weights of each decoded token (cross-attention for the encoder-decoder,
+self-attention for the language model). The language model's memory is its prompt: the
+state is the cache filled with all but the prompt's last token, which decoding starts from.
 
 Shapes (``zoo.shapes``): source ``[B, S]`` and target ``[B, T]`` int; hidden ``[B, T, D]``;
 logits ``[B, T, V]``; attention weights ``[B, N, T, S]``; ``M`` cache slots.
@@ -61,7 +65,6 @@ __all__ = [
     "TransformerConfig",
     "TransformerLM",
     "count_parameters",
-    "weights_graphdef",
 ]
 
 # GPT-2's GELU is the tanh approximation, jax.nn.gelu's default.
@@ -174,24 +177,15 @@ def count_parameters(model: nnx.Module) -> int:
     return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def weights_graphdef(model: "Transformer | TransformerLM") -> nnx.GraphDef:
-    """The graph of ``model`` with every attention on the reference kernel.
-
-    Merged with the state of ``model`` (``nnx.merge(graphdef, nnx.state(model))``), it gives
-    the same outputs and can also return the attention weights, which a blockwise or custom
-    kernel cannot; the pictures of a run use it. Built abstractly: nothing is initialized.
-    """
-    reference = dataclasses.replace(model.config, kernel="reference")
-    abstract = nnx.eval_shape(lambda: type(model)(reference, rngs=nnx.Rngs(0)))
-    return nnx.graphdef(abstract)
-
-
 class DecodeState(NamedTuple):
     """What a decoding step needs; every leaf has the batch axis first (``zoo.decoding``)."""
 
     caches: tuple[KVCache, ...]  # decoder self-attention keys/values, one per layer
     memory: Array | None = None  # encoder output [B, S, D]; None for the language model
     source_mask: Array | None = None  # bool [B, S], True at real source tokens
+    # With keep_weights: per layer float32 [B, N, M, S] (cross-attention; the language model:
+    # self-attention, S = M), row t the weights of the t-th token fed.
+    weights: tuple[Array, ...] | None = None
 
     @property
     def position(self) -> Array:
@@ -482,26 +476,58 @@ class _DecodingModel(nnx.Module):
             )
         )
 
+    # The kernel of zoo.kernels.KERNELS that returns attention weights (zoo.models.protocol).
+    weights_kernel = "reference"
+
     def _logits(self, hidden: Array) -> Array:
         # Tied: the pre-softmax projection is the embedding matrix transposed (sec. 3.4).
         return self.embed.attend(hidden) if self.head is None else self.head(hidden)
 
-    def _new_caches(self, batch_size: int, max_length: int) -> tuple[KVCache, ...]:
+    def _new_state(
+        self,
+        batch_size: int,
+        max_length: int,
+        keep_weights: bool,
+        memory: Array | None = None,
+        source_mask: Array | None = None,
+    ) -> DecodeState:
         self._check_length("max_length", max_length)
-        return tuple(
+        caches = tuple(
             block.self_attention.init_cache(batch_size, max_length) for block in self.decoder.blocks
         )
+        weights = None
+        if keep_weights:
+            S = max_length if source_mask is None else source_mask.shape[1]
+            shape = (batch_size, self.config.num_heads, max_length, S)
+            weights = tuple(jnp.zeros(shape, jnp.float32) for _ in self.decoder.blocks)
+        return DecodeState(caches, memory, source_mask, weights)
 
     def _extend(self, tokens: Array, state: DecodeState) -> tuple[Array, DecodeState]:
         """Feed ``tokens [B, T]`` after the cached ones: ``(logits [B, T, V], state)``."""
         T = tokens.shape[1]
-        positions = state.position[:, None] + jnp.arange(T, dtype=jnp.int32)  # [B, T]
+        start = state.position
+        positions = start[:, None] + jnp.arange(T, dtype=jnp.int32)  # [B, T]
         x = self.embed(tokens, positions, rngs=None)
-        hidden, _, caches = self.decoder(
-            x, memory=state.memory, memory_mask=state.source_mask, caches=state.caches
+        hidden, weights, caches = self.decoder(
+            x,
+            memory=state.memory,
+            memory_mask=state.source_mask,
+            caches=state.caches,
+            return_weights=state.weights is not None,
         )
         assert caches is not None
-        return self._logits(hidden), state._replace(caches=caches)
+        state = state._replace(caches=caches)
+        if state.weights is not None:
+            new = weights["self" if state.memory is None else "cross"]  # [B, N, T, S]
+
+            def write(kept: Array, w: Array, row: Array) -> Array:  # one example
+                return jax.lax.dynamic_update_slice(kept, w.astype(kept.dtype), (0, row, 0))
+
+            kept = tuple(
+                jax.vmap(write)(k, w, start) for k, w in zip(state.weights, new, strict=True)
+            )
+            state = state._replace(weights=kept)
+        return self._logits(hidden), state
 
     def _step(self, tokens: Any, state: DecodeState) -> tuple[Array, DecodeState]:
         if getattr(tokens, "ndim", None) != 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -577,20 +603,24 @@ class Transformer(_DecodingModel):
             "cross": weights["cross"],
         }
 
-    def encode(self, source: Array, *, rngs: Rngs = None) -> Array:
-        """The encoder output ("memory") ``[B, S, D]`` of int ``source [B, S]``."""
+    def encode(self, source: Array, *, rngs: Rngs = None) -> dict[str, Array]:
+        """Int ``source [B, S]`` -> ``{"memory": the encoder output [B, S, D], "source_mask":
+        bool [B, S]}``, what every decoding step reads."""
         _check_tokens("source", source)
         memory, _ = self._encode(source, False, _as_rngs(rngs))
-        return memory
+        return {"memory": memory, "source_mask": source != self.config.pad_id}
 
-    def init_decode_state(self, source: Array, max_length: int) -> DecodeState:
-        """Encode ``source [B, S]`` and make room for ``max_length`` target tokens."""
-        _check_tokens("source", source)
-        memory, _ = self._encode(source, False, None)
-        return DecodeState(
-            caches=self._new_caches(source.shape[0], max_length),
-            memory=memory,
-            source_mask=source != self.config.pad_id,
+    def init_decode_state(
+        self, memory: dict[str, Array], max_length: int, *, keep_weights: bool = False
+    ) -> DecodeState:
+        """Room for ``max_length`` target tokens after :meth:`encode`'s ``memory``; with
+        ``keep_weights`` each layer's cross-attention of every decoded token is kept."""
+        return self._new_state(
+            memory["memory"].shape[0],
+            max_length,
+            keep_weights,
+            memory["memory"],
+            memory["source_mask"],
         )
 
     def step(self, tokens: Array, state: DecodeState) -> tuple[Array, DecodeState]:
@@ -630,9 +660,31 @@ class TransformerLM(_DecodingModel):
         logits = self._logits(hidden)
         return (logits, {"decoder_self": weights["self"]}) if return_weights else logits
 
-    def init_cache(self, batch_size: int, max_length: int) -> DecodeState:
+    def encode(self, prompt: Array) -> Array:
+        """A language model's memory is its prompt, int ``[B, P]`` (P >= 1), read by
+        :meth:`init_decode_state`."""
+        _check_tokens("prompt", prompt)
+        if prompt.shape[1] < 1:
+            raise ValueError(f"prompt [B, P] needs P >= 1 tokens, got shape {prompt.shape}")
+        return prompt
+
+    def init_decode_state(
+        self, memory: Array, max_length: int, *, keep_weights: bool = False
+    ) -> DecodeState:
+        """The cache of ``max_length`` slots (prompt included) filled with all but the last
+        token of the prompt ``memory [B, P]``; decoding starts from that last token
+        (``bos_id=prompt[:, -1]``). ``keep_weights``: every layer's self-attention of each
+        token fed, ``[B, N, M, M]``."""
+        state = self.init_cache(memory.shape[0], max_length, keep_weights=keep_weights)
+        if memory.shape[1] > 1:
+            _, state = self.prefill(memory[:, :-1], state)
+        return state
+
+    def init_cache(
+        self, batch_size: int, max_length: int, *, keep_weights: bool = False
+    ) -> DecodeState:
         """An empty state with room for ``max_length`` tokens, prompt included."""
-        return DecodeState(caches=self._new_caches(batch_size, max_length))
+        return self._new_state(batch_size, max_length, keep_weights)
 
     def prefill(self, prompt: Array, state: DecodeState) -> tuple[Array, DecodeState]:
         """Feed a prompt ``[B, T]`` (all rows the same length): ``(logits [B, T, V], state)``.

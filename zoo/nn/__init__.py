@@ -1,6 +1,14 @@
-"""Flax NNX modules: they own parameters and call a kernel from ``zoo.kernels`` passed in."""
+"""Flax NNX modules: they own parameters and call a kernel from ``zoo.kernels`` by name."""
 
+from zoo.nn.additive import AdditiveAttention
 from zoo.nn.attention import KVCache, MultiHeadAttention
 from zoo.nn.feed_forward import FeedForward
+from zoo.nn.multiplicative import MultiplicativeAttention
 
-__all__ = ["FeedForward", "KVCache", "MultiHeadAttention"]
+__all__ = [
+    "AdditiveAttention",
+    "FeedForward",
+    "KVCache",
+    "MultiHeadAttention",
+    "MultiplicativeAttention",
+]

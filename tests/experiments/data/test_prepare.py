@@ -1,4 +1,5 @@
 import socket
+import threading
 import time
 
 import pytest
@@ -73,3 +74,61 @@ def test_command_reports_errors_and_exits_nonzero(tmp_path, offline, capsys):
     assert "is not prepared" in capsys.readouterr().err
     assert main(["mnist"]) == 1
     assert "unknown dataset 'mnist'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_probe(monkeypatch):
+    """Fail if the download host is probed: the case must fail before any network wait."""
+
+    def probe(*args, **kwargs):
+        raise AssertionError("probed the network")
+
+    monkeypatch.setattr(prepare_lib, "host_reachable", probe)
+
+
+def test_missing_manual_dir_fails_at_once_and_says_what_it_is_for(tmp_path, offline, no_probe):
+    # TFDS would go on to download, retrying for minutes offline (~205 s here).
+    with pytest.raises(DatasetNotPreparedError) as error:
+        make_translation_data(
+            "wmt14_translate/fr-en", data_dir=tmp_path, manual_dir=tmp_path / "nowhere"
+        )
+    message = str(error.value)
+    assert f"manual_dir={tmp_path / 'nowhere'} does not exist" in message
+    assert "reads nothing from a manual_dir (TFDS downloads every file of it)" in message
+    assert "python -m experiments.data wmt14_translate/fr-en --data_dir DIR" in message
+    with pytest.raises(
+        DatasetNotPreparedError, match=r"It should hold the raw download: input.txt"
+    ):
+        prepare("tiny_shakespeare", data_dir=tmp_path, manual_dir=tmp_path / "nowhere")
+    assert not list(tmp_path.glob("*/*/*"))  # nothing built or downloaded
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("wmt14_translate/de-en", r"manual_dir=.* does not replace its downloads"),
+        ("tiny_shakespeare", r"manual_dir=.* lacks input.txt"),
+    ],
+)
+def test_manual_dir_without_the_downloads_still_checks_the_network(tmp_path, offline, name, reason):
+    (tmp_path / "manual").mkdir()
+    with pytest.raises(
+        DatasetNotPreparedError, match=rf"{reason}, and its download host .* is not"
+    ):
+        prepare(name, data_dir=tmp_path / "data", manual_dir=tmp_path / "manual")
+
+
+def test_a_hanging_name_lookup_gives_up_after_the_probe(tmp_path, monkeypatch):
+    """Without DNS, a lookup can hang for minutes; the probe waits only its timeout."""
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "no answer (blocked by the test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    try:
+        with pytest.raises(DatasetNotPreparedError, match=r"www\.statmt\.org is not reachable"):
+            prepare("wmt14_translate/fr-en", data_dir=tmp_path, probe_timeout_s=0.5)
+    finally:
+        release.set()
