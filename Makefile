@@ -44,9 +44,13 @@ $(STAMP_BENCH): $(STAMP_OLD)
 	touch $(STAMP_BENCH)
 
 # The main job: RNNsearch on the offline English-Spanish data, tiny preset (~10 min on 2 cores).
-# Run again, it resumes (or, when finished, re-evaluates) the same run.
+# Run again, it resumes (or, when finished, re-evaluates) the same run: --resume once runs/demo
+# holds one (--resume on a directory without a run is an error).
 demo: $(STAMP)
-	$(PY) -m experiments.run translate --workdir runs/demo --resume
+	$(PY) -m experiments.run translate --workdir runs/demo \
+		$$(if [ -e runs/demo/config.json ] || [ -d runs/demo/checkpoints ]; then echo --resume; fi)
+	@echo 'next: translate your own sentence and draw its alignment with'
+	@echo '  $(PY) -m experiments.attend runs/demo --input "the european economic area"'
 
 # A one-minute tour of the kernels.
 kernel-demo: $(STAMP)

@@ -130,7 +130,9 @@ class Decoders:
             logits, cache = model.step(tokens, cache)
             return _without_end(logits), cache
 
-        common = dict(bos_id=prompt[:, -1], eos_id=EOS_ID, pad_id=PAD_ID, max_length=length)
+        common: dict[str, Any] = dict(
+            bos_id=prompt[:, -1], eos_id=EOS_ID, pad_id=PAD_ID, max_length=length
+        )
         if beam_size is None:
             return decoding.greedy_search(step, cache, **common)
         return decoding.beam_search(step, cache, beam_size=beam_size, **common).tokens

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from benchmarks.collectives import parse_collectives, project, summarize
 from benchmarks.timing import machine_info, save_results, spawn
@@ -88,7 +88,9 @@ class _Step:
         from experiments.runner import make_optimizer, train_step
 
         # As experiments.runner.train builds it.
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        # nnx.split's type is variadic (a State per filter); two filters give exactly three.
+        parts: tuple[Any, ...] = nnx.split(model, nnx.Param, ...)
+        graphdef, params, rest = parts
         self.params = parallel.place(params, mesh, rule)
         optimizer = make_optimizer(train)
         self.opt_state = parallel.place(optimizer.init(self.params), mesh, rule)
@@ -170,7 +172,9 @@ def _build(variant: str, spec: dict[str, Any]) -> tuple[_Step, dict[str, Any]]:
         batch_size = spec["sp_batch"]
         devices = jax.device_count()
         mesh = Mesh(np.asarray(jax.devices()), ("seq",), axis_types=(AxisType.Auto,))
-        layout = "contiguous" if variant == "sp/contiguous" else "zigzag"
+        layout: Literal["contiguous", "zigzag"] = (
+            "contiguous" if variant == "sp/contiguous" else "zigzag"
+        )
         permute = variant == "sp/zigzag+permute"
         kernel = functools.partial(
             ring_attention, mesh=mesh, axis_name="seq", layout=layout, permute=permute

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ def _attention_peers(causal: bool) -> dict[str, Callable[..., Any]]:
 
         return f
 
-    def jax_nn(implementation: str) -> Callable[..., Any]:
+    def jax_nn(implementation: Literal["xla", "cudnn"]) -> Callable[..., Any]:
         def f(q, k, v):
             return jax.nn.dot_product_attention(
                 q, k, v, is_causal=causal, implementation=implementation
@@ -171,14 +171,14 @@ def additive_table(dry: bool, repeats: int) -> list[dict[str, Any]]:
     rows = []
     for T in (16,) if dry else (256, 1024):
         rng = np.random.default_rng(T)
-        f32 = dict(
+        host = dict(
             query=rng.standard_normal((B, T, D)),
             projected_keys=rng.standard_normal((B, T, A)),
             values=rng.standard_normal((B, T, D)),
             w_query=rng.standard_normal((D, A)) / math.sqrt(D),
             v=rng.standard_normal(A) / math.sqrt(A),
         )
-        f32 = {n: jnp.asarray(x, jnp.float32) for n, x in f32.items()}
+        f32 = {n: jnp.asarray(x, jnp.float32) for n, x in host.items()}
         bf16 = {n: x.astype(jnp.bfloat16) for n, x in f32.items()}
         peers = {
             "pallas": kernels.pallas_additive_attention,
@@ -237,7 +237,9 @@ def train_step_table(dry: bool, repeats: int) -> list[dict[str, Any]]:
     @jax.jit
     def step(params, opt_state, tokens):
         def loss(params):
-            logits = nnx.merge(graphdef, params)(tokens[:, :-1]).astype(jnp.float32)
+            logits = nnx.merge(graphdef, params)(tokens[:, :-1])
+            assert isinstance(logits, jax.Array)  # return_weights=False: just the logits
+            logits = logits.astype(jnp.float32)
             return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
         value, grads = jax.value_and_grad(loss)(params)

@@ -78,8 +78,8 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {_name(entry)} | | {name} | | not timed: {why[:80]} |" + " |" * 8)
                 continue
             star = "*" if r["clean_samples"] == 0 else ""
-            compared = best and name not in (*TORCH, ZOO_NO_ATTENTION, TORCH_NO_ATTENTION)
-            ratio = f"{r['tokens_per_s'] / best[1]:.2f}x" if compared else ""
+            compared = name not in (*TORCH, ZOO_NO_ATTENTION, TORCH_NO_ATTENTION)
+            ratio = f"{r['tokens_per_s'] / best[1]:.2f}x" if best is not None and compared else ""
             lines.append(
                 f"| {_name(entry)} | {r['parameters']:,} | {name} | {_kernel(entry, name, r)} "
                 f"| {r['median_s'] * 1e3:.1f}{star} | {r['min_s'] * 1e3:.1f} "

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ def time_call(run: Callable[[], Any]) -> tuple[float, float]:
 
 
 def race(
-    runs: dict[str, Callable[[], Any]],
+    runs: Mapping[str, Callable[[], Any]],
     *,
     repeats: int,
     budget_s: float,

@@ -177,7 +177,10 @@ class ZooStep:
     def __init__(
         self, model: nnx.Module, loss_fn: Callable, train: TrainConfig, batch: dict[str, Any]
     ):
-        graphdef, self.params, rest = nnx.split(model, nnx.Param, ...)
+        # nnx.split's type is variadic (a State per filter); two filters give exactly three.
+        parts: tuple[Any, ...] = nnx.split(model, nnx.Param, ...)
+        graphdef, params, rest = parts
+        self.params: nnx.State = params
         optimizer = make_optimizer(train)
         self.opt_state = optimizer.init(self.params)
         # As experiments.runner.train builds it (one device: no shardings to give).
@@ -236,9 +239,9 @@ def make_zoo_step(model: str, *, batch_size: int, kernel: str = "reference") -> 
 def _compile_events() -> Iterator[dict[str, list[float]]]:
     events: dict[str, list[float]] = collections.defaultdict(list)
 
-    def listener(event: str, duration: float, **_: Any) -> None:
+    def listener(event: str, duration_secs: float, **_: str | int) -> None:
         if event in (_TRACE, _LOWER, _COMPILE):
-            events[event].append(duration)
+            events[event].append(duration_secs)
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
@@ -269,6 +272,7 @@ def compile_report(step: ZooStep) -> dict[str, Any]:
         "first_call_compiles": len(first[_COMPILE]),
         "second_call_compiles": len(second[_COMPILE]),
         "second_call_traces": len(second[_TRACE]),
-        "cache_size": step.fn._cache_size(),
+        # _cache_size is a private method of jax's C++ jitted function; JitWrapped omits it.
+        "cache_size": step.fn._cache_size(),  # type: ignore[attr-defined]
         "first_loss": loss,
     }

@@ -39,7 +39,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["AttentionCorrectness", "attention_correctness", "peak_locations"]
+__all__ = [
+    "AttentionCorrectness",
+    "attention_correctness",
+    "concatenate",
+    "peak_locations",
+    "word_attention",
+]
 
 
 class AttentionCorrectness(NamedTuple):
@@ -113,6 +119,49 @@ def attention_correctness(
     return AttentionCorrectness(
         *(np.broadcast_to(a, lead) for a in (peak_in_box, mass_in_box, chance, chance_cells))
     )
+
+
+def word_attention(
+    weights: np.ndarray,
+    word_boxes: np.ndarray,
+    boxes: np.ndarray,
+    grid: tuple[int, int],
+    image_size: tuple[int, int],
+    *,
+    lag: int = 0,
+) -> AttentionCorrectness:
+    """Attention correctness of every generated word that names a box, one result per word.
+
+    ``lag=1`` grades the attention of the step before the word instead (for the digit
+    scenes, the step that emits its article "a" / "the"): a decoder can look at the object
+    while emitting the word before its name and carry what it saw in its LSTM state.
+
+    Args:
+      weights: ``[B, T, L]``, step t's attention (the step that emits token t), L = gh * gw.
+      word_boxes: int ``[B, T]``, the box token t names (``CaptionData.word_boxes``), or -1.
+      boxes: int ``[B, M, 4]``, ``(top, left, bottom, right)`` in pixels of each image.
+      grid: ``(gh, gw)`` of the annotation grid.
+      image_size: ``(H, W)`` of the images.
+    """
+    weights, word_boxes, boxes = np.asarray(weights), np.asarray(word_boxes), np.asarray(boxes)
+    if weights.shape[:2] != word_boxes.shape or weights.shape[2] != grid[0] * grid[1]:
+        raise ValueError(
+            f"weights must be [B, T, gh * gw] with [B, T] = {word_boxes.shape} (word_boxes) and "
+            f"(gh, gw) = {grid}, got shape {weights.shape}"
+        )
+    if not 0 <= lag < weights.shape[1]:
+        raise ValueError(f"lag must be in [0, {weights.shape[1]}) steps, got {lag}")
+    row, step = np.nonzero(word_boxes >= 0)
+    row, step = row[step >= lag], step[step >= lag]
+    maps = weights[row, step - lag].reshape(len(row), *grid)
+    return attention_correctness(maps, boxes[row, word_boxes[row, step]], image_size)
+
+
+def concatenate(
+    results: list[AttentionCorrectness],
+) -> AttentionCorrectness:
+    """The results of several batches as one."""
+    return AttentionCorrectness(*(np.concatenate(parts) for parts in zip(*results, strict=True)))
 
 
 def _overlap(start: np.ndarray, stop: np.ndarray, size: int, cells: int) -> np.ndarray:

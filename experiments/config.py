@@ -25,6 +25,7 @@ from experiments.errors import ConfigError
 C = TypeVar("C")
 
 __all__ = [
+    "MESH_AXES",
     "OPTIMIZERS",
     "PARAM_SHARDINGS",
     "SCHEDULES",
@@ -35,6 +36,7 @@ __all__ = [
     "check_range",
     "from_dict",
     "load",
+    "mesh_axes",
     "save",
     "to_dict",
 ]
@@ -127,6 +129,10 @@ class TrainConfig:
     # "replicate" (parameters and optimizer state whole on every device) or "shard" (each
     # array split along its largest axis that `devices` divides, as in FSDP).
     param_sharding: str = "replicate"
+    # Named mesh axes and their sizes, e.g. "data:2,sequence:2": the batch splits over "data",
+    # and model.kernel=ring splits the sequence over "sequence". Empty: one "data" axis of
+    # `devices` devices.
+    mesh: str = ""
 
     def __post_init__(self) -> None:
         at_least = {
@@ -150,6 +156,29 @@ class TrainConfig:
         check_choice("train", "schedule", self.schedule, SCHEDULES)
         check_choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         check_choice("train", "param_sharding", self.param_sharding, PARAM_SHARDINGS)
+        axes = mesh_axes(self.mesh)
+        if axes and self.devices not in (1, math.prod(size for _, size in axes)):
+            raise ConfigError(
+                f"train.devices={self.devices} and train.mesh={self.mesh!r} disagree; with a "
+                "mesh, leave train.devices at 1 (the mesh's size decides)"
+            )
+
+
+MESH_AXES = ("data", "sequence")
+
+
+def mesh_axes(text: str) -> tuple[tuple[str, int], ...]:
+    """``"data:2,sequence:2"`` -> ``(("data", 2), ("sequence", 2))``; ``""`` -> ``()``."""
+    axes: list[tuple[str, int]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, size = part.partition(":")
+        if name not in MESH_AXES or name in dict(axes) or not size.isdigit() or int(size) < 1:
+            raise ConfigError(
+                f"train.mesh: expected comma-separated NAME:SIZE with NAME one of {MESH_AXES} "
+                f"(each once) and SIZE >= 1, e.g. 'data:2,sequence:2'; got {text!r}"
+            )
+        axes.append((name, int(size)))
+    return tuple(axes)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -45,7 +45,11 @@ def caption_bleu(
     ]
     return {
         f"bleu{n}": float(
-            sacrebleu.BLEU(max_ngram_order=n).corpus_score(list(hypotheses), streams).score
+            # sacrebleu documents None for a missing reference, but annotates refs as
+            # Sequence[Sequence[str]].
+            sacrebleu.BLEU(max_ngram_order=n)
+            .corpus_score(list(hypotheses), streams)  # type: ignore[arg-type]
+            .score
         )
         for n in range(1, max_order + 1)
     }

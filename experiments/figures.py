@@ -5,8 +5,8 @@
 For each of three runs (RNNsearch and the Transformer translating English -> Spanish, Show,
 Attend and Tell captioning digit scenes, all ``tiny`` presets) in ``<runs>/<name>``: train it
 through the shared runner if it has not reached its config's ``train.steps`` (exactly
-``python -m experiments.run ... --workdir <runs>/<name> --resume``), load its best checkpoint
-and draw from held-out (test split) examples:
+``python -m experiments.run ... --workdir <runs>/<name>``, with ``--resume`` once started),
+load its best checkpoint and draw from held-out (test split) examples:
 
 - ``nmt_alignment.png``: RNNsearch's alignment of a test sentence whose translation puts an
   English adjective after its noun (Bahdanau et al. 2014, Figure 3, shows the same for
@@ -266,7 +266,7 @@ def ensure_trained(figure_run: FigureRun, workdir: pathlib.Path, overrides: Sequ
         config = task.presets(figure_run.model)[figure_run.preset]
         steps = config_lib.apply_overrides(config, list(overrides)).train.steps
         argv = [figure_run.experiment, "--model", figure_run.model, "--preset", figure_run.preset]
-        argv += ["--workdir", str(workdir), "--resume"]
+        argv += ["--workdir", str(workdir)]
         argv += [item for override in overrides for item in ("--set", override)]
     latest = _latest_step(workdir)
     if latest is not None and latest >= steps:
@@ -304,6 +304,7 @@ def translate_test_sentences(
             source_pieces = data.source_pieces(source_ids[row])
             target_pieces = data.target_pieces(target_ids[row, 1:])
             T, S = len(target_pieces), len(source_pieces)
+            picked: dict[str, list[np.ndarray]] | np.ndarray
             if isinstance(weights, dict):  # Transformer: [B, N, *, *] per layer
                 picked = {
                     "cross": [np.asarray(w[row, :, :T, :S]) for w in weights["cross"]],

@@ -8,6 +8,7 @@ causal, windowed, padded batch as heatmaps (``OUT/attention_masks.png``).
 import argparse
 import pathlib
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ def main() -> None:
     k = jax.random.normal(rngs[1], (B, T, K, H))
     v = jax.random.normal(rngs[2], (B, T, K, H))
     lengths = jnp.array([T, T // 2], jnp.int32)
-    options = dict(is_causal=True, key_value_seq_lengths=lengths)
+    options: dict[str, Any] = dict(is_causal=True, key_value_seq_lengths=lengths)
 
     ours = jax.jit(lambda q, k, v: kernels.dot_product_attention(q, k, v, **options))
     theirs = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, **options))

@@ -1,4 +1,5 @@
-"""Data parallelism for the runner: one training step placed on a 1-D ``("data",)`` mesh.
+"""Data parallelism for the runner: one training step placed on a ``("data",)`` mesh, or on
+named axes ``("data", "sequence")`` for sequence parallelism (``model.kernel=ring``).
 
 Every device takes an equal slice of the batch along its leading axis; ``jax.jit`` (GSPMD)
 turns the mean loss over the whole batch into per-device gradients and one all-reduce, so
@@ -39,9 +40,20 @@ AXIS = "data"
 RULES = ("replicate", "shard")
 
 
-def make_mesh(devices: int) -> Mesh:
-    """A 1-D mesh with axis ``"data"`` over the first ``devices`` devices (0 = all of them)."""
+def make_mesh(devices: int, axes: tuple[tuple[str, int], ...] = ()) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over the first ``devices`` devices (0 = all of them),
+    or, given ``axes`` (``(("data", 2), ("sequence", 2))``, from ``train.mesh``), a mesh of
+    those named axes; a "data" axis of size 1 is added when ``axes`` has none."""
     available = jax.device_count()
+    if axes:
+        if AXIS not in dict(axes):
+            axes = ((AXIS, 1), *axes)
+        devices = int(np.prod([size for _, size in axes]))
+        if devices > available:
+            raise ValueError(
+                f"train.mesh needs {devices} devices, but {available} "
+                f"{jax.default_backend()} devices are available"
+            )
     if not 0 <= devices <= available:
         raise ValueError(
             f"train.devices must be between 0 (all) and the {available} "
@@ -57,7 +69,9 @@ def make_mesh(devices: int) -> Mesh:
     # In jax.devices() order, which keeps each process's devices together: its part of the
     # batch is then one contiguous slice. Auto axes: XLA lays out every intermediate, so
     # model code written for one device needs no sharding annotations.
-    return Mesh(np.asarray(jax.devices()[:count]), (AXIS,), axis_types=(AxisType.Auto,))
+    names, shape = zip(*axes, strict=True) if axes else ((AXIS,), (count,))
+    grid = np.asarray(jax.devices()[:count]).reshape(shape)
+    return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))
 
 
 def spec_for(shape: tuple[int, ...], devices: int, rule: str) -> P:
@@ -85,7 +99,8 @@ def place(tree: Any, mesh: Mesh, rule: str) -> Any:
     _check_rule(rule)
 
     def one(x: Any) -> jax.Array:
-        return jax.device_put(x, NamedSharding(mesh, spec_for(np.shape(x), mesh.size, rule)))
+        spec = spec_for(np.shape(x), mesh.shape[AXIS], rule)
+        return jax.device_put(x, NamedSharding(mesh, spec))
 
     return jax.tree.map(one, tree)
 
@@ -96,8 +111,9 @@ def place_batch(batch: Any, mesh: Mesh) -> Any:
     With several processes the global batch is their local batches concatenated in process
     order, so its leading size is the local one times the number of processes.
     """
-    sharding = NamedSharding(mesh, P(AXIS))
-    local = len(mesh.local_devices)
+    sharding = NamedSharding(mesh, P(AXIS))  # replicated over any other axis
+    # The slices of the batch this process holds: over "data" only, whatever other axes.
+    local = len(mesh.local_devices) * mesh.shape[AXIS] // mesh.size
 
     def one(path: Any, x: Any) -> jax.Array:
         name = "batch" + jax.tree_util.keystr(path)
@@ -110,7 +126,7 @@ def place_batch(batch: Any, mesh: Mesh) -> Any:
             )
             raise ValueError(
                 f"{name} has leading size {size}, which cannot be split evenly over the "
-                f"{where}; make train.batch_size a multiple of {mesh.size}"
+                f"{where}; make train.batch_size a multiple of {mesh.shape[AXIS]}"
             )
         return jax.make_array_from_process_local_data(sharding, x)
 

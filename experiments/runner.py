@@ -17,7 +17,9 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import pathlib
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -34,13 +36,15 @@ from tqdm import tqdm
 
 from experiments import parallel, tasks
 from experiments.checkpoints import Checkpoints
-from experiments.config import TrainConfig
+from experiments.config import TrainConfig, mesh_axes
 from experiments.metrics import MetricWriter
+from experiments.stop_signals import StopSignals
 
 __all__ = [
     "Evaluation",
     "Run",
     "Setup",
+    "apply",
     "evaluate",
     "load_run",
     "make_optimizer",
@@ -155,8 +159,18 @@ def _arrays(batch: Batch) -> Batch:
     return {k: v for k, v in batch.items() if isinstance(v, np.ndarray | jax.Array)}
 
 
+@functools.cache
 def _apply(fn: Callable[[nnx.Module, Batch], Any], graphdef: nnx.GraphDef) -> Callable:
+    # One jitted function per task function and model structure, kept for the process: a
+    # resumed run, a redraw or a second evaluation compiles nothing again.
     return jax.jit(lambda state, batch: fn(nnx.merge(graphdef, state), batch))
+
+
+def apply(fn: Callable[[nnx.Module, Batch], Any], model: nnx.Module, batch: Batch) -> Any:
+    """``fn(model, batch)`` jitted, on the arrays of ``batch``: how tasks run their pure
+    functions (evaluation, decoding, the pictures' forward passes) on a model."""
+    graphdef, state = nnx.split(model)
+    return _apply(fn, graphdef)(state, _arrays(batch))
 
 
 class _Evaluator:
@@ -241,9 +255,10 @@ def train(
     Returns the test metrics of the final model, and its last validation metrics prefixed
     ``validation_``.
     """
-    mesh = parallel.make_mesh(train_config.devices)
+    mesh = parallel.make_mesh(train_config.devices, mesh_axes(train_config.mesh))
     rule = train_config.param_sharding
-    graphdef, params, rest = nnx.split(setup.model, nnx.Param, ...)
+    parts: tuple[Any, ...] = nnx.split(setup.model, nnx.Param, ...)  # one State per filter
+    graphdef, params, rest = parts
     params = parallel.place(params, mesh, rule)
     optimizer = make_optimizer(train_config)
     opt_state = parallel.place(optimizer.init(params), mesh, rule)
@@ -279,7 +294,8 @@ def train(
                 for skipped in checkpoints.skipped:
                     print(f"checkpoint {skipped.step} skipped: {skipped.reason}")
                 print(f"resumed from step {step} in {workdir}")
-        writer = MetricWriter(workdir, active=primary)
+        # The steps after `step` are redone: an earlier attempt's records of them are dropped.
+        writer = MetricWriter(workdir, active=primary, start_step=step)
         cleanup.callback(writer.close)
         progress = tqdm(
             total=train_config.steps,
@@ -304,8 +320,29 @@ def train(
 
         eval_metrics: dict[str, float] = {}
         tokens, tick = 0, time.perf_counter()
+        stop = cleanup.enter_context(StopSignals(active=primary))
+        stopping = False
+
+        def save(metrics: dict[str, float] | None = None) -> None:
+            with stop.saving():
+                try:
+                    checkpoints.save(step, params, opt_state, setup.batches, metrics)
+                except ValueError as error:
+                    # A write the disk refused (full, read-only) comes from tensorstore as a
+                    # ValueError that names the errno: as an OSError it reads as the user's to
+                    # fix, not as a bug.
+                    code = re.search(r"os_error_code='?(\d+)", str(error))
+                    if code is None:
+                        raise
+                    raise OSError(
+                        int(code[1]),
+                        f"cannot save checkpoint {step} in {workdir}: "
+                        f"{os.strerror(int(code[1]))}. The checkpoints saved before it are "
+                        "intact: make room, then continue with --resume",
+                    ) from error
+
         try:
-            while step < train_config.steps:
+            while step < train_config.steps and not stopping:
                 batch = next(setup.batches)
                 # Every random draw derives from (seed, step): a resumed run draws the same.
                 params, opt_state, metrics = step_fn(
@@ -342,12 +379,23 @@ def train(
                     or step == train_config.steps
                     or evaluated is not None
                 ):
-                    checkpoints.save(step, params, opt_state, setup.batches, evaluated)
-        except KeyboardInterrupt:
-            checkpoints.save(step, params, opt_state, setup.batches)
-            say(f"\ninterrupted: saved step {step} in {workdir}; continue with --resume")
-            raise SystemExit(130) from None
-        test_metrics = held_out("test")
+                    save(evaluated)
+                stopping = stop.requested()  # the step boundary: step, state and data agree
+            if stopping:
+                save()  # nothing to do when the step was just saved
+                say(f"\ninterrupted: saved step {step} in {workdir}; continue with --resume")
+                raise SystemExit(stop.exit_code)
+            stop.all_saved()
+            test_metrics = held_out("test")
+        except KeyboardInterrupt:  # a second signal, or one after the last step was saved
+            latest = checkpoints.latest_step()
+            saved = (
+                f"the latest checkpoint is step {latest} in {workdir}; continue with --resume"
+                if latest is not None
+                else f"no checkpoint was saved in {workdir} yet"
+            )
+            say(f"\ninterrupted: {saved}")
+            raise SystemExit(stop.exit_code) from None
         writer.write(step, "test", test_metrics)
     final = model()  # on every process: gathering the parameters is a collective
     if primary:

@@ -60,12 +60,14 @@ def head_grid(
     title: str = "",
     *,
     first_layer: int = 0,
+    highlight: int | None = None,
 ) -> pathlib.Path:
     """Draw per-layer, per-head weights ``[layers, N, T, S]`` as a grid of heatmaps.
 
     One row per layer, one column per head (Vaswani et al. 2017, Figures 3-5 show single
     heads of this grid); query tokens label the rows of each map, key tokens the columns.
     Rows are titled from layer ``first_layer`` on (for a slice of a deeper model's layers).
+    ``highlight`` outlines one query's row in every map: where that token looks.
     """
     weights = np.asarray(weights)
     if weights.ndim != 4 or weights.shape[2:] != (len(query_tokens), len(key_tokens)):
@@ -96,6 +98,17 @@ def head_grid(
             # Tokens label the outer maps only; inner ones would otherwise show tick numbers.
             ax.tick_params(labelbottom=layer == layers - 1, labelleft=head == 0)
             ax.set_title(f"layer {first_layer + layer} head {head}", fontsize=7)
+            if highlight is not None:
+                ax.add_patch(
+                    matplotlib.patches.Rectangle(
+                        (-0.5, highlight - 0.5),
+                        len(key_tokens),
+                        1,
+                        fill=False,
+                        edgecolor="red",
+                        linewidth=1.2,
+                    )
+                )
     if title:
         fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)

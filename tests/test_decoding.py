@@ -30,6 +30,7 @@ from zoo.decoding import (
     greedy_search,
     sample,
     sequence_lengths,
+    sliding_window,
     tile_beams,
 )
 
@@ -468,6 +469,141 @@ def test_first_token_frequencies_match_the_distribution(temperature, top_k):
         assert (freq[p == 0] == 0).all() and (p > 0).sum() == top_k
 
 
+# ---------------------------------------------------------------- sliding window
+
+WINDOW = 5  # C: the windowed toy knows positions 0 .. C - 1 only
+SEEN: list[np.ndarray] = []  # every position a windowed toy was fed, appended on the host
+
+
+def window_toy(table):
+    """A model with a cache of C tokens: ``logits = sum_j table[j, window[j]]``, NaN logits
+    at a position past C - 1; ``init_fn`` and ``step_fn`` as ``sliding_window`` wants them."""
+    C = table.shape[0]
+
+    def init_fn(prompt):  # the cache holds all of prompt but its last token
+        B, P = prompt.shape
+        jax.debug.callback(lambda p: SEEN.append(np.asarray(p)), jnp.arange(P - 1))
+        cache = jnp.zeros((B, C), jnp.int32).at[:, : P - 1].set(prompt[:, :-1])
+        return {"cache": cache, "length": jnp.full((B,), P - 1, jnp.int32)}
+
+    def step_fn(tokens, state):
+        position = state["length"]
+        jax.debug.callback(lambda p: SEEN.append(np.asarray(p)), position)
+        cache = jnp.where(jnp.arange(C) == position[:, None], tokens[:, None], state["cache"])
+        per_slot = table[jnp.arange(C), cache]  # [B, C, V]
+        seen = (jnp.arange(C) <= position[:, None])[..., None]
+        logits = jnp.where(seen, per_slot, 0.0).sum(axis=1)
+        logits = jnp.where((position < C)[:, None], logits, jnp.nan)
+        return logits, {"cache": cache, "length": position + 1}
+
+    return init_fn, step_fn
+
+
+@functools.partial(jax.jit, static_argnames=("search", "keep", "options"))
+def _run_window(table, prompt, rng, *, search, keep, options):
+    init_fn, step_fn = window_toy(table)
+    start = sliding_window(init_fn, step_fn, prompt, window=table.shape[0], keep=keep)
+    kw = dict(options, bos_id=start.bos_id, eos_id=EOS, pad_id=PAD)
+    if search == "greedy":
+        return greedy_search(start.step_fn, start.init_state, **kw)
+    if search == "beam":
+        return beam_search(start.step_fn, start.init_state, **kw)
+    return sample(start.step_fn, start.init_state, rng, **kw)
+
+
+def run_window(search, table, prompt, *, keep=None, rng=None, **options):
+    rng = jax.random.key(0) if rng is None else rng
+    return _run_window(
+        jnp.asarray(table),
+        jnp.asarray(prompt, jnp.int32),
+        rng,
+        search=search,
+        keep=keep,
+        options=tuple(sorted(options.items())),
+    )
+
+
+def window_table(V, seed):
+    return np.random.default_rng(seed).standard_normal((WINDOW, V, V)).astype(np.float32)
+
+
+def ref_windows(prompt, tokens, *, C, keep):
+    """The window each of ``tokens`` is predicted from, by the rule of ``sliding_window``."""
+    window, out = list(prompt[-C:]), []
+    for token in tokens:
+        out.append(window)
+        window = (window[C - keep :] if len(window) == C else window) + [int(token)]
+    return out
+
+
+def ref_log_probs(table, window):
+    logits = table.astype(np.float64)[np.arange(len(window)), window].sum(axis=0)
+    logits -= logits.max()
+    return logits - np.log(np.exp(logits).sum())
+
+
+@pytest.mark.parametrize("keep", [0, 2, WINDOW - 1, None])
+@pytest.mark.parametrize("P", [3, 2 * WINDOW - 1])  # a short prompt and one cropped to C
+def test_sliding_window_predicts_from_the_window_and_feeds_no_position_past_it(keep, P):
+    C, T = WINDOW, 4 * WINDOW + 1
+    table = window_table(V=7, seed=20)
+    prompt = np.random.default_rng(21).integers(2, 7, (3, P))
+    SEEN.clear()
+    tokens = np.asarray(run_window("greedy", table, prompt, keep=keep, max_length=T))
+    jax.effects_barrier()
+    assert max(int(p.max(initial=0)) for p in SEEN) == C - 1  # reached, never passed
+    for b in range(len(prompt)):
+        row = [int(t) for t in tokens[b]]
+        row = row[: row.index(EOS) + 1] if EOS in row else row
+        windows = ref_windows(list(prompt[b]), row, C=C, keep=C // 2 if keep is None else keep)
+        assert [int(np.argmax(ref_log_probs(table, w))) for w in windows] == row
+        if keep == C - 1:  # nanoGPT's crop: the last C tokens of everything so far
+            sequence = [*prompt[b], *row]
+            assert windows == [sequence[max(0, P + t - C) : P + t] for t in range(len(row))]
+
+
+def test_sampling_and_beam_search_run_through_the_window():
+    C, T = WINDOW, 3 * WINDOW
+    table = window_table(V=7, seed=22)
+    prompt = np.random.default_rng(23).integers(2, 7, (4, 3))
+    greedy = run_window("greedy", table, prompt, max_length=T)
+    top_1 = run_window("sample", table, prompt, rng=jax.random.key(4), max_length=T, top_k=1)
+    np.testing.assert_array_equal(top_1, greedy)
+    drawn = run_window("sample", table, prompt, rng=jax.random.key(4), max_length=T)
+    assert (np.asarray(drawn) != np.asarray(greedy)).any()
+    # Beam search reorders the window's tokens with its hypotheses: every score is the log
+    # probability of its hypothesis, each token predicted from its own window.
+    result = run_window("beam", table, prompt, max_length=T, beam_size=3, length_penalty=0.0)
+    for b in range(len(prompt)):
+        for hyp, score in zip(result.tokens[b], result.scores[b], strict=True):
+            hyp = strip(hyp)
+            windows = ref_windows(list(prompt[b]), hyp, C=C, keep=C // 2)
+            total = sum(ref_log_probs(table, w)[t] for w, t in zip(windows, hyp, strict=True))
+            np.testing.assert_allclose(score, total, rtol=1e-5, atol=1e-5)
+
+
+def test_sliding_window_jits_once_for_new_prompts_and_models():
+    table = window_table(V=7, seed=24)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def decode(table, prompt):
+        init_fn, step_fn = window_toy(table)
+        start = sliding_window(init_fn, step_fn, prompt, window=WINDOW)
+        return greedy_search(
+            start.step_fn,
+            start.init_state,
+            bos_id=start.bos_id,
+            eos_id=EOS,
+            pad_id=PAD,
+            max_length=4 * WINDOW,
+        )
+
+    prompt = jnp.asarray([[2, 3, 4]], jnp.int32)
+    decode(jnp.asarray(table), prompt)
+    decode(jnp.asarray(table[::-1]), prompt + 1)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -615,12 +751,41 @@ ERRORS = [
     (
         lambda: greedy_search(_bad_step("structure"), _state(), max_length=3, **ids),
         ValueError,
-        "step_fn must return a state of the structure it was given",
+        "step_fn must return a state like the one it is given, in structure",
+    ),
+    (
+        lambda: sliding_window(*window_toy(window_table(7, 0)), jnp.ones((2, 3), int), window=0),
+        ValueError,
+        "window must be >= 1, got 0",
+    ),
+    (
+        lambda: sliding_window(
+            *window_toy(window_table(7, 0)), jnp.ones((2, 3), int), window=5, keep=5
+        ),
+        ValueError,
+        "keep must be < window=5, got 5",
+    ),
+    (
+        lambda: sliding_window(*window_toy(window_table(7, 0)), jnp.ones(3, jnp.int32), window=5),
+        ValueError,
+        "prompt must be int [B, P] with P >= 1, got int32 [3]",
+    ),
+    (
+        lambda: sliding_window(
+            lambda p: {"h": jnp.zeros((p.shape[0], p.shape[1]))},
+            ok,
+            jnp.ones((2, 2), int),
+            window=5,
+        ),
+        ValueError,
+        "init_fn must return the same state for prompts [B, 2] and [B, keep + 1], in shape and "
+        "dtype: state['h'] is float32[2, 2], got float32[2, 3]",
     ),
     (
         lambda: greedy_search(_bad_step("shape"), _state(), max_length=3, **ids),
         ValueError,
-        "step_fn must keep the shape and dtype of state['h']: given float32[3, 5], returned float32[3, 2]",
+        "step_fn must return a state like the one it is given, in shape and dtype: "
+        "state['h'] is float32[3, 5], got float32[3, 2]",
     ),
 ]
 

@@ -24,7 +24,9 @@ parameters of the same shapes reuse the compiled decoder::
                            max_length=64)
 
 A language model prefills its cache itself and passes its prompts' last tokens as a per-row
-``bos_id`` array.
+``bos_id`` array. :func:`sliding_window` wraps a language model's step function so that it
+generates any number of tokens without ever feeding a position past the ``window`` it was
+trained on; the three decoders run on what it returns.
 
 Outputs are the generated tokens after the start token, ``int32 [B, T]`` with ``T =
 max_length``: the end token is included, every position after it is ``pad_id``, and a row
@@ -51,15 +53,18 @@ __all__ = [
     "BeamSearchResult",
     "State",
     "StepFn",
+    "Window",
     "beam_search",
     "greedy_search",
     "sample",
     "sequence_lengths",
+    "sliding_window",
     "tile_beams",
 ]
 
 State: TypeAlias = Any  # a pytree of arrays, each [B, ...]
 StepFn: TypeAlias = Callable[[Array, State], tuple[Array, State]]
+InitFn: TypeAlias = Callable[[Array], State]  # prompt int32 [B, P] -> state
 
 # Finite stand-in for -inf, the score of "no hypothesis here" (finished slots not yet filled,
 # the W - 1 copies of each example at the first step): far below the log-probability of any
@@ -299,6 +304,110 @@ def tile_beams(tree: State, beam_size: int) -> State:
     return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), beam_size, axis=0), tree)
 
 
+class Window(NamedTuple):
+    """Where a windowed decoder starts: pass ``step_fn``, ``init_state`` and ``bos_id`` on to
+    :func:`greedy_search`, :func:`sample` or :func:`beam_search`."""
+
+    step_fn: StepFn  # the model's step function, its state rebuilt when the window is full
+    init_state: State  # the model's state after the prompt, with the window's tokens
+    bos_id: Array  # int32 [B], the prompt's last token
+
+
+class _WindowState(NamedTuple):
+    inner: State  # the model's own state: its cache holds tokens[:, :length]
+    tokens: Array  # int32 [B, C], slot j = the token at position j of the window
+    length: Array  # int32 [B], tokens in the model's state = the position fed next
+
+
+def sliding_window(
+    init_fn: InitFn,
+    step_fn: StepFn,
+    prompt: Array,
+    *,
+    window: int,
+    keep: int | None = None,
+) -> Window:
+    """Decode any number of tokens while the model is fed positions ``0 .. window - 1`` only.
+
+    A model trained on windows of C tokens has seen positions below C only; with learned
+    absolute positions (GPT-2, nanoGPT) the rows past C - 1 are untrained, and generation
+    collapses there. nanoGPT's ``generate`` (``model.py``) crops its input to the last C
+    tokens and runs the whole window again at every step. Here the model's cache is kept,
+    and when it holds C tokens it is rebuilt from the last ``keep`` of them, now at
+    positions ``0 .. keep - 1``, in one prefill; decoding goes on from there. Each prediction
+    is then what a fresh forward pass over the last ``k`` tokens gives, ``keep < k <= C``,
+    and the prefill of ``keep`` tokens is spread over the ``C - keep`` steps after it.
+    ``keep = C - 1`` is nanoGPT's crop exactly (a prefill per step); the default ``C // 2``
+    always conditions on more than half a window.
+
+    A rolling cache (overwrite the oldest slot, never prefill again) is not exact with absolute
+    positions: sliding the window moves every token to a new position, and with positions
+    added to the input (learned, or the sinusoids of Vaswani et al. 2017, sec. 3.5) every
+    cached key and value depends on its token's old position through all the layers below.
+    Only rotary positions (Su et al. 2021) make attention depend on offsets alone. (On the
+    tiny Shakespeare LM, a cache that drops its oldest slot and feeds every later token at
+    position C - 1 samples text that the model itself, reading each token's last C tokens at
+    their trained positions, finds 1.75 times as surprising past the first window.)
+
+    Args:
+      init_fn: ``prompt int32 [B, P] -> state``, the model's state with room for ``window``
+        tokens holding all of ``prompt`` but its last token, which is fed next; for a model of
+        ``zoo.models.protocol``, ``lambda p: model.init_decode_state(model.encode(p), window)``.
+        It is called on the prompt (its last ``window`` tokens, if longer) and, inside the
+        decoding loop, on ``[B, keep + 1]`` tokens; both states must have the same structure,
+        shapes and dtypes.
+      step_fn: the model's ``(tokens [B], state) -> (logits [B, V], state)``, called only on
+        states holding fewer than ``window`` tokens.
+      prompt: int ``[B, P]``, P >= 1; only its last ``window`` tokens are read. Rows decode
+        in lockstep (one prompt length), so the window fills, and is rebuilt, at the same
+        step in every row.
+      window: C >= 1, the most tokens the model is fed at once (a run's trained context).
+      keep: tokens kept when the window is full, ``0 <= keep < C``; None means ``C // 2``.
+
+    Returns:
+      A :class:`Window`; the decoders' ``max_length`` is then free of the window.
+    """
+    _check_int("window", window, 1)
+    C = window
+    keep = C // 2 if keep is None else keep
+    _check_int("keep", keep, 0)
+    if keep >= C:
+        raise ValueError(f"keep must be < window={C}, got {keep}")
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ValueError(
+            f"prompt must be int [B, P] with P >= 1, got {prompt.dtype} {list(prompt.shape)}"
+        )
+    prompt = prompt[:, -C:].astype(jnp.int32)
+    B, P = prompt.shape
+    inner = init_fn(prompt)
+    rebuilt = jax.eval_shape(init_fn, jax.ShapeDtypeStruct((B, keep + 1), jnp.int32))
+    _check_same_state(
+        inner,
+        rebuilt,
+        rule=f"init_fn must return the same state for prompts [B, {P}] and [B, keep + 1]",
+    )
+    state = _WindowState(
+        inner,
+        jnp.zeros((B, C), jnp.int32).at[:, : P - 1].set(prompt[:, :-1]),
+        jnp.full((B,), P - 1, jnp.int32),
+    )
+
+    def rebuild(s: _WindowState, last: Array) -> _WindowState:
+        kept = s.tokens[:, C - keep :]  # [B, keep]
+        inner = init_fn(jnp.concatenate([kept, last[:, None]], axis=1))
+        tokens = jnp.zeros_like(s.tokens).at[:, :keep].set(kept)
+        return _WindowState(inner, tokens, jnp.full_like(s.length, keep))
+
+    def windowed_step(last: Array, s: _WindowState) -> tuple[Array, _WindowState]:
+        s = lax.cond(s.length[0] == C, rebuild, lambda s, _: s, s, last)  # rows in lockstep
+        logits, inner = step_fn(last, s.inner)
+        tokens = jnp.where(jnp.arange(C) == s.length[:, None], last[:, None], s.tokens)
+        return logits, _WindowState(inner, tokens, s.length + 1)
+
+    return Window(windowed_step, state, prompt[:, -1])
+
+
 def sequence_lengths(tokens: Array, *, eos_id: int) -> Array:
     """Tokens up to and including the first ``eos_id`` along the last axis (all if none).
 
@@ -418,23 +527,24 @@ def _check_step_fn(step_fn: StepFn, tokens: Array, state: State, *, rows: int) -
             f"step_fn must return float logits [{rows}, V] for tokens [{rows}], got "
             f"{getattr(logits, 'dtype', type(logits).__name__)} {getattr(logits, 'shape', '')}"
         )
-    given: Any = jax.tree.structure(state)
-    returned: Any = jax.tree.structure(new_state)
-    if given != returned:
-        raise ValueError(
-            f"step_fn must return a state of the structure it was given: {given}, got {returned}"
-        )
-    for (path, old), new in zip(
-        jax.tree_util.tree_flatten_with_path(state)[0],
-        jax.tree.leaves(new_state),
-        strict=True,
-    ):
-        if old.shape != new.shape or old.dtype != new.dtype:
-            raise ValueError(
-                f"step_fn must keep the shape and dtype of state{jax.tree_util.keystr(path)}: "
-                f"given {old.dtype}{list(old.shape)}, returned {new.dtype}{list(new.shape)}"
-            )
+    _check_same_state(state, new_state, rule="step_fn must return a state like the one it is given")
     return int(logits.shape[1])
+
+
+def _check_same_state(expected: State, got: State, *, rule: str) -> None:
+    """``got`` must have the structure of ``expected`` and each leaf its shape and dtype."""
+    given: Any = jax.tree.structure(expected)
+    returned: Any = jax.tree.structure(got)
+    if given != returned:
+        raise ValueError(f"{rule}, in structure: {given}, got {returned}")
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(expected)[0], jax.tree.leaves(got), strict=True
+    ):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f"{rule}, in shape and dtype: state{jax.tree_util.keystr(path)} is "
+                f"{a.dtype}{list(a.shape)}, got {b.dtype}{list(b.shape)}"
+            )
 
 
 def _check_ids(V: int, *, bos_id: int | Array, eos_id: int, pad_id: int) -> None:

@@ -29,6 +29,7 @@ from flax import nnx
 from experiments import attention_correctness as correctness_lib
 from experiments import config as config_lib
 from experiments import evaluate as evaluate_lib
+from experiments import runner
 from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig
 from experiments.data import captioning
@@ -210,8 +211,15 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         )
     config = dataclasses.replace(config, model=model_config)
     model = make_model(config)
-    held_out = HeldOut(config, data, model.grid_shape(data.image_size, data.image_size))
-    options = dict(coordinates=config.data.coordinates, max_length=data.max_length)
+    generate = functools.partial(
+        generate_captions,
+        beam_size=config.eval.beam_size,
+        length_penalty=config.eval.length_penalty,
+        coordinates=config.data.coordinates,
+        max_length=data.max_length,
+    )
+    grid = model.grid_shape(data.image_size, data.image_size)
+    held_out = HeldOut(config, data, grid, generate)
     return Setup(
         config=config,
         model=model,
@@ -224,12 +232,7 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         evaluation=Evaluation(
             batches=held_out.batches,
             sums=functools.partial(sums, coordinates=config.data.coordinates),
-            generate=functools.partial(
-                generate,
-                beam_size=config.eval.beam_size,
-                length_penalty=config.eval.length_penalty,
-                **options,
-            ),
+            generate=generate,
             metrics=held_out.metrics,
         ),
         visualize=held_out.visualize,
@@ -284,44 +287,6 @@ def loss_fn(
     return nll + penalty, {"nll": nll, "penalty": penalty, "accuracy": accuracy}
 
 
-def digit_word_attention(
-    weights: np.ndarray,
-    word_boxes: np.ndarray,
-    boxes: np.ndarray,
-    grid: tuple[int, int],
-    image_size: tuple[int, int],
-    *,
-    lag: int = 0,
-) -> correctness_lib.AttentionCorrectness:
-    """Attention correctness of every word that names a box, one result per such word.
-
-    ``lag=1`` grades the attention of the step before the word instead (for the digit
-    scenes, the step that emits its article "a" / "the"): a decoder can look at the object
-    while emitting the word before its name and carry what it saw in its LSTM state.
-
-    Args:
-      weights: ``[B, T, L]``, step t's attention (the step that emits token t), L = gh * gw.
-      word_boxes: int ``[B, T]``, the box token t names (``CaptionData.word_boxes``), or -1.
-      boxes: int ``[B, M, 4]``, ``(top, left, bottom, right)`` in pixels of each image.
-      grid: ``(gh, gw)`` of the annotation grid.
-      image_size: ``(H, W)`` of the images.
-    """
-    weights, word_boxes, boxes = np.asarray(weights), np.asarray(word_boxes), np.asarray(boxes)
-    if weights.shape[:2] != word_boxes.shape or weights.shape[2] != grid[0] * grid[1]:
-        raise ValueError(
-            f"weights must be [B, T, gh * gw] with [B, T] = {word_boxes.shape} (word_boxes) and "
-            f"(gh, gw) = {grid}, got shape {weights.shape}"
-        )
-    if not 0 <= lag < weights.shape[1]:
-        raise ValueError(f"lag must be in [0, {weights.shape[1]}) steps, got {lag}")
-    row, step = np.nonzero(word_boxes >= 0)
-    row, step = row[step >= lag], step[step >= lag]
-    maps = weights[row, step - lag].reshape(len(row), *grid)
-    return correctness_lib.attention_correctness(
-        maps, boxes[row, word_boxes[row, step]], image_size
-    )
-
-
 def _inputs(images: jax.Array, coordinates: bool) -> jax.Array:
     return with_coordinates(images) if coordinates else images
 
@@ -339,7 +304,7 @@ def _framed(tokens: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.full((len(tokens), 1), BOS_ID, tokens.dtype), tokens], axis=1)
 
 
-def generate(
+def generate_captions(
     model: Any,
     batch: Batch,
     *,
@@ -373,8 +338,11 @@ def generate(
 class HeldOut:
     """The held-out images of a split, read once; BLEU, attention correctness, overlays."""
 
-    def __init__(self, config: Config, data: captioning.CaptionData, grid: tuple[int, int]):
+    def __init__(
+        self, config: Config, data: captioning.CaptionData, grid: tuple[int, int], generate: Any
+    ):
         self.config = config
+        self.generate = generate  # the evaluation's captions and attention
         self.data = data
         self.image_size = (data.image_size, data.image_size)
         self.grid = grid
@@ -415,24 +383,26 @@ class HeldOut:
         metrics = {"loss": totals["nll"] / max(totals["tokens"], 1.0)}
         metrics |= evaluate_lib.caption_bleu(beam, references)
         metrics["bleu4_greedy"] = evaluate_lib.caption_bleu(greedy, references)["bleu4"]
-        generated = _concatenate(generated_hits)
+        generated = correctness_lib.concatenate(generated_hits)
         metrics |= {f"attention_{k}": v for k, v in generated.rates().items()}
         metrics["attention_words"] = float(generated.peak_in_box.size)
-        previous = _concatenate(previous_hits).rates()
+        previous = correctness_lib.concatenate(previous_hits).rates()
         metrics["attention_previous_step_peak_in_box"] = previous["peak_in_box"]
-        metrics["reference_peak_in_box"] = _concatenate(reference_hits).rates()["peak_in_box"]
+        metrics["reference_peak_in_box"] = correctness_lib.concatenate(reference_hits).rates()[
+            "peak_in_box"
+        ]
         return metrics
 
     def _attention(
         self, weights: np.ndarray, word_boxes: np.ndarray, boxes: np.ndarray, lag: int = 0
     ) -> correctness_lib.AttentionCorrectness:
-        return digit_word_attention(
+        return correctness_lib.word_attention(
             np.asarray(weights), word_boxes, boxes, self.grid, self.image_size, lag=lag
         )
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
         batch = self.data.eval_batches(self.config.eval.plots, split="test")[0]
-        out = _generate_jit(nnx.graphdef(model), nnx.state(model), batch, self._options())
+        out = runner.apply(self.generate, model, {k: batch[k] for k in ("image", "caption")})
         captions = np.asarray(out["beam"])
         weights = np.asarray(out["generated"]).reshape(*captions.shape, *self.grid)
         word_boxes = self.data.word_boxes(captions, batch["labels"])
@@ -451,28 +421,3 @@ class HeldOut:
                 )
             )
         return paths
-
-    def _options(self) -> tuple[tuple[str, Any], ...]:
-        e = self.config.eval
-        return (
-            ("coordinates", self.config.data.coordinates),
-            ("max_length", self.data.max_length),
-            ("beam_size", e.beam_size),
-            ("length_penalty", e.length_penalty),
-        )
-
-
-def _concatenate(
-    results: list[correctness_lib.AttentionCorrectness],
-) -> correctness_lib.AttentionCorrectness:
-    return correctness_lib.AttentionCorrectness(
-        *(np.concatenate(parts) for parts in zip(*results, strict=True))
-    )
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _generate_jit(
-    graphdef: nnx.GraphDef, state: nnx.State, batch: Batch, options: tuple
-) -> dict[str, jax.Array]:
-    arrays = {k: batch[k] for k in ("image", "caption")}
-    return generate(nnx.merge(graphdef, state), arrays, **dict(options))

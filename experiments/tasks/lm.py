@@ -17,13 +17,15 @@ import numpy as np
 from flax import nnx
 
 from experiments import config as config_lib
+from experiments import parallel
 from experiments import visualize as visualize_lib
-from experiments.config import TrainConfig
+from experiments.config import TrainConfig, mesh_axes
 from experiments.data import language_model
 from experiments.data.tokenizer import PAD_ID
 from experiments.losses import masked_cross_entropy
 from experiments.runner import Batch, Evaluation, Setup
-from zoo.models.protocol import weights_graphdef
+from zoo.kernels import ring_attention
+from zoo.models.protocol import kernel_graphdef, weights_graphdef
 from zoo.models.transformer import TransformerConfig, TransformerLM
 
 MODELS = ("transformer",)
@@ -149,7 +151,21 @@ def make_model(config: Config) -> TransformerLM:
             f"model.max_length ({config.model.max_length}) must cover data.context_length "
             f"({config.data.context_length})"
         )
-    return TransformerLM(config.model, rngs=nnx.Rngs(config.train.seed))
+    kernel = None
+    if config.model.kernel == "ring":  # sequence-parallel over the run's mesh
+        axes = dict(mesh_axes(config.train.mesh))
+        if axes.get("sequence", 1) < 2:
+            raise ValueError(
+                "model.kernel=ring splits the sequence over a mesh axis 'sequence' of two or "
+                "more devices, e.g. --set train.mesh=data:2,sequence:2"
+            )
+        mesh = parallel.make_mesh(config.train.devices, mesh_axes(config.train.mesh))
+        # Zigzag over the ring so that causal attention keeps every device equally busy
+        # (Llama 3's context parallelism); the kernel permutes the sequence itself.
+        kernel = functools.partial(
+            ring_attention, mesh=mesh, axis_name="sequence", batch_axis="data", layout="zigzag"
+        )
+    return TransformerLM(config.model, kernel=kernel, rngs=nnx.Rngs(config.train.seed))
 
 
 def setup(config: Config, workdir: pathlib.Path) -> Setup:
@@ -181,8 +197,10 @@ def loss_fn(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array,
     return total / jnp.maximum(count, 1), {}
 
 
-def sums(model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
+def sums(model: Any, batch: Batch) -> dict[str, jax.Array]:
     """Summed negative log-likelihood (nats) of a batch of held-out windows, and its count."""
+    if model.config.kernel == "ring":  # evaluation holds the model on one device, no ring
+        model = nnx.merge(kernel_graphdef(model, "auto"), nnx.state(model))
     tokens = batch["tokens"]
     total, count = masked_cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
     return {"nll": total, "tokens": count}

@@ -19,6 +19,7 @@ from flax import nnx
 
 from experiments import config as config_lib
 from experiments import evaluate as evaluate_lib
+from experiments import runner
 from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig
 from experiments.data import translation
@@ -75,19 +76,20 @@ def presets(model: str) -> dict[str, Any]:
         return _transformer_presets()
     attention = model == "rnnsearch"
     # Sized to train in about ten minutes on 2 CPU cores (the main job's budget is 15).
+    tiny_model = RNNSearchConfig(
+        source_vocab_size=4000,
+        target_vocab_size=4000,
+        embed_dim=128,
+        hidden_dim=192,
+        attention_dim=192,
+        maxout_dim=96,
+        attention=attention,
+    )
     tiny = Config(
         experiment="translate",
         model_name=model,
         data=DataConfig(max_length=40),
-        model=RNNSearchConfig(
-            source_vocab_size=4000,
-            target_vocab_size=4000,
-            embed_dim=128,
-            hidden_dim=192,
-            attention_dim=192,
-            maxout_dim=96,
-            attention=attention,
-        ),
+        model=tiny_model,
         train=TrainConfig(
             steps=1500,
             batch_size=64,
@@ -121,7 +123,7 @@ def presets(model: str) -> dict[str, Any]:
         tiny,
         data=DataConfig(max_length=24),
         model=dataclasses.replace(
-            tiny.model,
+            tiny_model,
             source_vocab_size=300,
             target_vocab_size=300,
             embed_dim=16,
@@ -135,6 +137,9 @@ def presets(model: str) -> dict[str, Any]:
         eval=EvalConfig(examples=8, beam_size=2, plots=1),
     )
     return {"tiny": tiny, "paper": paper, "smoke": smoke}
+
+
+_VOCAB = 8000  # the shared vocabulary of the base and big presets
 
 
 def _transformer_presets() -> dict[str, Config]:
@@ -174,7 +179,7 @@ def _transformer_presets() -> dict[str, Config]:
     base = dataclasses.replace(
         tiny,
         data=DataConfig(max_length=50),
-        model=dataclasses.replace(BASE, vocab_size=8000),  # Table 3 base, a smaller vocabulary
+        model=dataclasses.replace(BASE, vocab_size=_VOCAB),  # Table 3 base, a smaller vocabulary
         train=paper_train,
         eval=EvalConfig(examples=2000, beam_size=4),
     )
@@ -189,7 +194,7 @@ def _transformer_presets() -> dict[str, Config]:
     )
     big = dataclasses.replace(
         base,
-        model=dataclasses.replace(BIG, vocab_size=base.model.vocab_size),
+        model=dataclasses.replace(BIG, vocab_size=_VOCAB),
         train=dataclasses.replace(paper_train, learning_rate=5e-4),
     )
     return {"tiny": tiny, "base": base, "big": big, "smoke": smoke}
@@ -225,7 +230,13 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         if isinstance(config.model, TransformerConfig)
         else RNNSearch(config.model, rngs=rngs)
     )
-    held_out = HeldOut(config, data)
+    generate = functools.partial(
+        translate,
+        beam_size=config.eval.beam_size,
+        length_penalty=config.eval.length_penalty,
+        max_length=config.data.max_length,
+    )
+    held_out = HeldOut(config, data, generate)
     return Setup(
         config=config,
         model=model,
@@ -234,12 +245,7 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         evaluation=Evaluation(
             batches=held_out.batches,
             sums=sums,
-            generate=functools.partial(
-                translate,
-                beam_size=config.eval.beam_size,
-                length_penalty=config.eval.length_penalty,
-                max_length=config.data.max_length,
-            ),
+            generate=generate,
             metrics=held_out.metrics,
         ),
         visualize=held_out.visualize,
@@ -250,11 +256,9 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
     )
 
 
-def _forward(model: nnx.Module, source: jax.Array, target_in: jax.Array, rng: Any) -> jax.Array:
-    """Teacher-forced logits; dropout (Transformer only) keyed by ``rng`` when given."""
-    if isinstance(model, Transformer):
-        return model(source, target_in, rngs=rng)
-    return model(source, target_in)  # RNNsearch uses no dropout
+def _forward(model: Any, source: jax.Array, target_in: jax.Array, rng: Any) -> jax.Array:
+    """Teacher-forced logits; dropout (the Transformer's) keyed by ``rng`` when given."""
+    return model(source, target_in, rngs=rng)
 
 
 def loss_fn(
@@ -300,9 +304,10 @@ def translate(
 class HeldOut:
     """The held-out sentences of a split, read once; BLEU; alignment pictures."""
 
-    def __init__(self, config: Config, data: translation.TranslationData):
+    def __init__(self, config: Config, data: translation.TranslationData, generate: Any):
         self.config = config
         self.data = data
+        self.generate = generate  # the evaluation's beam search
         self.cached: dict[str, list[Batch]] = {}
 
     def batches(self, split: str) -> list[Batch]:
@@ -325,19 +330,18 @@ class HeldOut:
 
     def translate_texts(self, model: nnx.Module, sources: list[str]) -> list[str]:
         """Beam-search translations of raw source sentences, as the evaluation makes them."""
-        graphdef, state = nnx.split(model)
         size, hypotheses = self.config.train.batch_size, []
         for start in range(0, len(sources), size):
             chunk = sources[start : start + size]
             # Pad the last chunk to the full batch so the decoder compiles once.
             padded = chunk + [chunk[-1]] * (size - len(chunk))
             ids = self.data.encode_sources(padded, self.config.data.max_length)
-            tokens = _translate_jit(graphdef, state, ids, self._options())
+            tokens = runner.apply(self.generate, model, {"source": ids})
             hypotheses += self.data.decode_targets(np.asarray(tokens))[: len(chunk)]
         return hypotheses
 
     def attention(
-        self, model: nnx.Module, sources: list[str], hypotheses: list[str]
+        self, model: Any, sources: list[str], hypotheses: list[str]
     ) -> tuple[np.ndarray, np.ndarray, Any]:
         """``(source ids [B, S], target ids [B, T+1], weights)``: the attention while
         teacher-forcing each translation, ``[B, T, S]`` or, for the Transformer, a dict of
@@ -345,8 +349,9 @@ class HeldOut:
         width = self.config.data.max_length
         source_ids = self.data.encode_sources(sources, width)
         target_ids = self.data.encode_targets(hypotheses, width + 1)
-        weights = _alignment(weights_graphdef(model), nnx.state(model), source_ids, target_ids)
-        return source_ids, target_ids, jax.device_get(weights[1])
+        looking = nnx.merge(weights_graphdef(model), nnx.state(model))
+        batch = {"source": source_ids, "target": target_ids}
+        return source_ids, target_ids, jax.device_get(runner.apply(_alignment, looking, batch))
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
         """The alignment (Bahdanau et al. 2014, Fig. 3) of a few test sentences' beam-search
@@ -376,29 +381,8 @@ class HeldOut:
             paths.append(path)
         return paths
 
-    def _options(self) -> tuple[int, float, int]:
-        e = self.config.eval
-        return e.beam_size, e.length_penalty, self.config.data.max_length
 
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _translate_jit(
-    graphdef: nnx.GraphDef, state: nnx.State, source: jax.Array, options: tuple[int, float, int]
-) -> jax.Array:
-    beam_size, length_penalty, max_length = options
-    return translate(
-        nnx.merge(graphdef, state),
-        {"source": source},
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-        max_length=max_length,
-    )
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _alignment(
-    graphdef: nnx.GraphDef, state: nnx.State, source: jax.Array, target: jax.Array
-) -> tuple[jax.Array, Any]:
-    """Teacher-forced pass over a translation: (logits, alignment weights [B, T, S], or the
-    Transformer's per-layer weights)."""
-    return nnx.merge(graphdef, state)(source, target[:, :-1], return_weights=True)
+def _alignment(model: Any, batch: Batch) -> Any:
+    """The attention while teacher-forcing ``batch["target"]``: ``[B, T, S]``, or the
+    Transformer's per-layer weights."""
+    return model(batch["source"], batch["target"][:, :-1], return_weights=True)[1]

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from experiments import attend, evaluate, run, visualize
+from experiments import attention_correctness as correctness
 from experiments import config as config_lib
-from experiments import evaluate, run, visualize
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.tasks import caption
 from tests.experiments import mixed_precision
@@ -161,7 +162,7 @@ def test_digit_word_attention_on_hand_made_maps():
     peaks = {(0, 1): (0, 1), (0, 3): (2, 4), (1, 2): (0, 4)}  # the last misses its box
     for (row, step), (i, j) in peaks.items():
         weights[row, step, i * 5 + j] = 1.0
-    result = caption.digit_word_attention(weights, word_boxes, boxes, grid, image_size)
+    result = correctness.word_attention(weights, word_boxes, boxes, grid, image_size)
     np.testing.assert_array_equal(result.peak_in_box, [True, True, False])
     np.testing.assert_allclose(result.chance, [32 / 240, 64 / 240, 16 / 240])
     np.testing.assert_allclose(result.chance_cells, [2 / 15, 4 / 15, 1 / 15])
@@ -169,12 +170,12 @@ def test_digit_word_attention_on_hand_made_maps():
     # Graded one step earlier (the article before each digit word), all three hit.
     for (row, step), (i, j) in {(0, 0): (0, 1), (0, 2): (2, 4), (1, 1): (2, 0)}.items():
         weights[row, step, i * 5 + j] = 1.0
-    early = caption.digit_word_attention(weights, word_boxes, boxes, grid, image_size, lag=1)
+    early = correctness.word_attention(weights, word_boxes, boxes, grid, image_size, lag=1)
     np.testing.assert_array_equal(early.peak_in_box, [True, True, True])
-    empty = caption.digit_word_attention(weights, np.full((2, 5), -1), boxes, grid, image_size)
+    empty = correctness.word_attention(weights, np.full((2, 5), -1), boxes, grid, image_size)
     assert empty.peak_in_box.shape == (0,) and math.isnan(empty.rates()["peak_in_box"])
     with pytest.raises(ValueError, match=r"weights must be \[B, T, gh \* gw\]"):
-        caption.digit_word_attention(weights[:, :4], word_boxes, boxes, grid, image_size)
+        correctness.word_attention(weights[:, :4], word_boxes, boxes, grid, image_size)
 
 
 def test_attention_metric_with_the_datas_word_boxes_on_known_maps(smoke):
@@ -198,9 +199,7 @@ def test_attention_metric_with_the_datas_word_boxes_on_known_maps(smoke):
     image_size = (data.image_size, data.image_size)
     graded = (word_boxes >= 0).sum()
     for maps, rate in ((hit, 1.0), (miss, 0.0)):
-        result = caption.digit_word_attention(
-            maps, word_boxes, batch["boxes"], (gh, gw), image_size
-        )
+        result = correctness.word_attention(maps, word_boxes, batch["boxes"], (gh, gw), image_size)
         assert result.peak_in_box.size == graded > 0
         assert result.rates()["peak_in_box"] == rate
     assert config.data.name == "digit_scenes/smoke"
@@ -275,3 +274,23 @@ def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     assert logits.dtype == state["annotations"].dtype == jnp.bfloat16
     # The LSTM state and the attention maps drawn over the images stay float32.
     assert state["memory"].dtype == state["hidden"].dtype == weights.dtype == jnp.float32
+
+
+def test_attend_captions_your_image_and_draws_each_word(finished_run, capsys, tmp_path):
+    from PIL import Image
+
+    workdir, _ = finished_run
+    photo = tmp_path / "photo.jpg"  # colour, and not the scenes' size: prepared as they were
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((50, 70, 3)) * 255).astype(np.uint8)).save(photo)
+    out = tmp_path / "mine.png"
+    text = attend.main([str(workdir), "--input", str(photo), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert text in printed and out.stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        attend.main([str(workdir), "--input", str(tmp_path / "missing.png")])
+    assert f"cannot read the image {tmp_path / 'missing.png'}" in capsys.readouterr().err
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(SystemExit):
+        attend.main([str(workdir), "--input", str(tmp_path / "text.png")])
+    assert "cannot read the image" in capsys.readouterr().err

@@ -150,7 +150,7 @@ def test_a_new_run_starts_from_the_figure_preset(tmp_path, monkeypatch):
     figures.ensure_trained(figures.RUNS[2], workdir, ["train.steps=3"])
     (argv,) = calls
     assert argv[:5] == ["translate", "--model", "transformer", "--preset", "tiny"]
-    assert argv[5:] == ["--workdir", str(workdir), "--resume", "--set", "train.steps=3"]
+    assert argv[5:] == ["--workdir", str(workdir), "--set", "train.steps=3"]
 
 
 def _results() -> dict:

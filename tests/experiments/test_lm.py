@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from experiments import run, sample, visualize
+from experiments import attend, run, sample, visualize
 from experiments.tasks import lm
 from tests.experiments import mixed_precision
 
@@ -51,10 +51,17 @@ def test_sample_continues_the_prompt(finished_run, capsys):
     assert capsys.readouterr().out.startswith("[step 4] KING:")
 
 
-def test_sample_rejects_a_too_long_request(finished_run):
+def test_sample_slides_past_the_trained_context_and_rejects_bad_requests(finished_run):
     workdir, _ = finished_run
-    with pytest.raises(SystemExit, match=r"exceeds the model's context of 32 positions"):
-        sample.main([str(workdir), "--prompt", "KING:", "--length", "40"])
+    # The smoke run trains on 16 tokens and has 32 learned positions: 40 tokens slide.
+    assert len(sample.main([str(workdir), "--prompt", "KING:", "--length", "40"])) == 40
+    for argv, message in [
+        (["--length", "0"], r"--length must be >= 1, got 0"),
+        (["--prompt", "KING\u00c9\u20ac:"], r"outside the model's vocabulary: '\u00c9', '\u20ac'"),
+        (["--window", "17"], r"--window 17 exceeds the trained context of 16 tokens"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            sample.main([str(workdir), "--prompt", "KING:", *argv])
 
 
 def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
@@ -70,3 +77,15 @@ def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     hidden = nnx.eval_shape(lambda m: m.embed(tokens, jnp.arange(T + 1), rngs=None), model)
     assert logits.dtype == hidden.dtype == jnp.bfloat16
     assert {w.dtype for w in weights["decoder_self"]} == {jnp.dtype(jnp.float32)}
+
+
+def test_attend_continues_your_prompt_and_outlines_the_query(finished_run, capsys, tmp_path):
+    workdir, _ = finished_run
+    out = tmp_path / "mine.png"
+    argv = [str(workdir), "--input", "KING: the crown", "--query", "the", "--length", "5"]
+    continuation = attend.main([*argv, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "KING: the crown" + continuation in printed and out.stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        attend.main([str(workdir), "--input", "KING", "--query", "queen"])
+    assert "--query 'queen' is not in the prompt" in capsys.readouterr().err

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
+from experiments import attend, run, visualize
 from experiments import config as config_lib
-from experiments import run, visualize
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.tasks import translate
 from tests.experiments import mixed_precision
@@ -151,3 +151,36 @@ def test_rnnsearch_trains_in_bfloat16_over_float32_parameters(tmp_path):
     assert logits.dtype == carry["annotations"].dtype == jnp.bfloat16
     # The GRU state and the alignment weights drawn in the pictures stay float32.
     assert carry["state"].dtype == weights.dtype == jnp.float32
+
+
+def test_attend_translates_your_sentence_and_draws_its_alignment(
+    finished_run, capsys, tmp_path, monkeypatch
+):
+    workdir, _ = finished_run
+    out = tmp_path / "mine.png"
+    drawn = []
+    heatmap = attend.visualize_lib.alignment_heatmap
+
+    def recording(weights, source, target, path, title=""):
+        drawn.append((list(source), list(target)))
+        return heatmap(weights, source, target, path, title=title)
+
+    monkeypatch.setattr(attend.visualize_lib, "alignment_heatmap", recording)
+    text = "in the beginning god created the heaven and the earth"
+    hypothesis = attend.main([str(workdir), "--input", text, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert hypothesis in printed and f"plot: {out}" in printed
+    assert out.stat().st_size > 1000
+    # The axes carry the input's pieces and the translation's.
+    (source, target) = drawn[0]
+    assert "".join(source).replace("\u2581", " ").strip().startswith("in the beginning")
+    assert source[-1] == target[-1] == "</s>"
+    assert "".join(target[:-1]).replace("\u2581", " ").strip() == hypothesis.strip()
+    # Characters no tokenizer piece covers are counted, a source too long is cut, and said.
+    attend.main([str(workdir), "--input", "ωωω " + "and " * 40, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "outside the model's vocabulary read as <unk>" in printed
+    assert "warning: the source is cut to 23 pieces" in printed
+    with pytest.raises(SystemExit):
+        attend.main([str(workdir), "--input", "x", "--beam_size", "0"])
+    assert "--beam_size must be >= 1" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from zoo.models.transformer import (
     BIG,
     GPT2_SMALL,
     Block,
+    Embedding,
     Transformer,
     TransformerConfig,
     TransformerLM,
@@ -265,6 +266,52 @@ def test_lm_generation_continues_a_prefilled_prompt(rotary_lm, data):
     np.testing.assert_array_equal(generated, logits[:, 2:].argmax(-1))
 
 
+def test_lm_slides_its_window_and_never_feeds_a_position_past_it(learned_lm, data, monkeypatch):
+    lm, C = learned_lm, LM_LEARNED.max_length  # every learned position is in the window
+    fed: list[np.ndarray] = []
+    embed = Embedding.__call__
+
+    def recording(self, tokens, positions, *, rngs):
+        jax.debug.callback(lambda p: fed.append(np.asarray(p)), positions)
+        return embed(self, tokens, positions, rngs=rngs)
+
+    monkeypatch.setattr(Embedding, "__call__", recording)
+    _, tokens = data
+    prompt, T = tokens[:, :3], 4 * C
+
+    @jax.jit
+    def generate(prompt):
+        start = decoding.sliding_window(
+            lambda p: lm.init_decode_state(lm.encode(p), C), lm.step, prompt, window=C
+        )
+        return decoding.greedy_search(
+            start.step_fn,
+            start.init_state,
+            bos_id=start.bos_id,
+            eos_id=V - 1,
+            pad_id=PAD,
+            max_length=T,
+        )
+
+    generated = np.asarray(generate(prompt))
+    jax.effects_barrier()
+    assert fed and max(int(p.max()) for p in fed) == C - 1
+    # Each token is the argmax of a fresh forward pass over its window: the prompt, then the
+    # last C // 2 tokens and those after them whenever C tokens fill the cache.
+    lengths = np.asarray(decoding.sequence_lengths(generated, eos_id=V - 1))
+    assert lengths.max() > 2 * C
+    windows, ends, kept = [], [], []
+    for b in range(B):
+        window = list(np.asarray(prompt[b]))
+        for token in generated[b, : lengths[b]]:
+            windows.append(window + [PAD] * (C - len(window)))
+            ends.append(len(window) - 1)
+            kept.append(int(token))
+            window = (window[C - C // 2 :] if len(window) == C else window) + [int(token)]
+    logits, _ = lm_forward(lm, jnp.asarray(windows, jnp.int32))
+    np.testing.assert_array_equal(kept, np.asarray(logits)[np.arange(len(ends)), ends].argmax(-1))
+
+
 def test_tied_embedding_is_one_parameter_trained_by_both_uses(seq2seq, data):
     source, target = data
     untied = sharing_parameters(seq2seq, dataclasses.replace(SEQ2SEQ, tie_embeddings=False))
@@ -418,6 +465,13 @@ def test_embeddings_are_scaled_and_get_sinusoids(seq2seq, data):
         ),
         (
             lambda m, lm, s, t: lm.init_cache(B, 12),
+            "max_length=12 exceeds the 11 learned positions",
+        ),
+        (
+            lambda m, lm, s, t: Transformer(
+                dataclasses.replace(SEQ2SEQ, positions="learned", max_length=11),
+                rngs=nnx.Rngs(0),
+            ).init_decode_state({"memory": jnp.zeros((B, S, 12)), "source_mask": s != PAD}, 12),
             "max_length=12 exceeds the 11 learned positions",
         ),
         (

@@ -26,7 +26,7 @@ from flax import nnx
 
 from zoo.shapes import Array
 
-__all__ = ["DecodingModel", "weights_graphdef"]
+__all__ = ["DecodingModel", "kernel_graphdef", "weights_graphdef"]
 
 
 class DecodingModel(Protocol):
@@ -44,14 +44,21 @@ class DecodingModel(Protocol):
     def step(self, tokens: Array, state: Any) -> tuple[Array, Any]: ...
 
 
-def weights_graphdef(model: DecodingModel) -> nnx.GraphDef:
-    """The graph of ``model`` with its attention on ``model.weights_kernel``.
+def weights_graphdef(model: Any) -> nnx.GraphDef:
+    """The graph of ``model`` (a :class:`DecodingModel`) with its attention on
+    ``model.weights_kernel``.
 
     Merged with the state of ``model`` (``nnx.merge(graphdef, nnx.state(model))``), it gives
     the same outputs and can also return the attention weights. Built abstractly: nothing is
     initialized.
     """
-    config = dataclasses.replace(model.config, kernel=model.weights_kernel)
+    return kernel_graphdef(model, model.weights_kernel)
+
+
+def kernel_graphdef(model: Any, kernel: str) -> nnx.GraphDef:
+    """The graph of ``model`` with its attention on the kernel named ``kernel`` (of the same
+    registry), to merge with the state of ``model``; built abstractly."""
+    config = dataclasses.replace(model.config, kernel=kernel)
     build: Any = type(model)  # each model class takes (config, *, rngs)
     abstract = nnx.eval_shape(lambda: build(config, rngs=nnx.Rngs(0)))
     return nnx.graphdef(abstract)

@@ -257,9 +257,12 @@ class RNNSearch(nnx.Module):
         return logits, state
 
     def __call__(
-        self, source: Array, target_in: Array, *, return_weights: bool = False
+        self, source: Array, target_in: Array, *, return_weights: bool = False, rngs: Any = None
     ) -> Array | tuple[Array, Array]:
         """Teacher forcing: source ``[B, S]``, target_in ``[B, T]`` (BOS y_1 .. y_{T-1}).
+
+        ``rngs`` is the zoo's dropout argument (an ``nnx.Rngs`` or a key), taken by every
+        model; this model has no dropout, so it is not used.
 
         Returns logits ``[B, T, V]`` for y_1 .. y_T and, if asked, the alignment weights
         ``[B, T, S]`` (the paper's Figure 3).

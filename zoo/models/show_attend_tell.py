@@ -209,18 +209,20 @@ class ShowAttendTell(nnx.Module):
         return state
 
     def step(
-        self, tokens: Array, state: State, *, rng: PRNGKey | None = None
+        self, tokens: Array, state: State, *, rngs: nnx.Rngs | PRNGKey | None = None
     ) -> tuple[Array, State]:
         """One word: tokens ``[B]`` -> (logits ``[B, V]``, state).
 
-        ``rng`` (a key) turns dropout on; without it the step is deterministic.
+        ``rngs`` (an ``nnx.Rngs``, its ``dropout`` stream, or a key) turns dropout on; without
+        it the step is deterministic.
         """
         if getattr(tokens, "ndim", None) != 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(
                 f"tokens must be int [B], got {getattr(tokens, 'dtype', type(tokens))} "
                 f"{getattr(tokens, 'shape', '')}"
             )
-        logits, state, weights = self._step(tokens, state, rng, "weights" in state)
+        key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
+        logits, state, weights = self._step(tokens, state, key, "weights" in state)
         if "weights" in state:
             rows, position = jnp.arange(tokens.shape[0]), state["position"] - 1
             state["weights"] = state["weights"].at[rows, position].set(weights, mode="drop")

@@ -33,6 +33,15 @@ layer's attention weights of each decoded token (cross-attention for the encoder
 self-attention for the language model). The language model's memory is its prompt: the
 state is the cache filled with all but the prompt's last token, which decoding starts from.
 
+Learned positions are trained only as far as the training sequences reach: rows of the table
+past them stay at their initialization, so decoding must not feed them. The language model
+generates past its trained context through ``zoo.decoding.sliding_window``, which rebuilds the
+cache from the window's last tokens at positions from 0 whenever it is full. The
+encoder-decoder cannot slide (every target token reads the whole target prefix), so decode
+its targets no longer than the longest it was trained on. Sinusoidal and rotary positions are
+defined at every position, and a model with them may be decoded past its trained length,
+with no guarantee of quality there (Press et al. 2022, "Train Short, Test Long").
+
 Shapes (``zoo.shapes``): source ``[B, S]`` and target ``[B, T]`` int; hidden ``[B, T, D]``;
 logits ``[B, T, V]``; attention weights ``[B, N, T, S]``; ``M`` cache slots.
 """
@@ -70,7 +79,9 @@ __all__ = [
 # GPT-2's GELU is the tanh approximation, jax.nn.gelu's default.
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
 _POSITIONS = ("sinusoidal", "learned", "rotary")
-_KERNELS = tuple(KERNELS)
+# "ring" (zoo.kernels.ring_attention) needs a mesh, so it is given to the constructor bound
+# to one: kernel=functools.partial(ring_attention, mesh=..., axis_name=...).
+_KERNELS = (*KERNELS, "ring")
 
 Kernel = Callable[..., Any]
 Rngs = nnx.Rngs | Array | None  # an nnx.Rngs (its "dropout" stream), a PRNG key, or None
@@ -98,7 +109,8 @@ class TransformerConfig:
     init_std: float | None = None  # None: Glorot weights, N(0, 1/D) embeddings; else GPT-2's
     layer_norm_epsilon: float = 1e-6  # tensor2tensor's 1e-6; GPT-2 uses 1e-5
     # Attention kernel (zoo.kernels.KERNELS): "auto" (the fastest for the platform, see
-    # zoo.kernels.explain) | "reference" | "blockwise" (the last two: the zoo's own).
+    # zoo.kernels.explain) | "reference" | "blockwise" (the last two: the zoo's own), or
+    # "ring" (sequence-parallel; the constructor then needs the kernel bound to a mesh).
     kernel: str = "auto"
     pad_id: int = 0  # source padding token, never attended (encoder-decoder only)
     # Compute dtype of activations, matmuls and logits: "float32" | "bfloat16" | "float16", or
@@ -226,6 +238,11 @@ def _layer_norm(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
 def _resolve_kernel(config: TransformerConfig, kernel: Kernel | None) -> Kernel:
     if kernel is not None:
         return kernel
+    if config.kernel not in KERNELS:
+        raise ValueError(
+            f"kernel {config.kernel!r} needs a mesh: pass kernel=functools.partial("
+            "zoo.kernels.ring_attention, mesh=..., axis_name=...) to the constructor"
+        )
     return KERNELS[config.kernel]
 
 
@@ -614,7 +631,12 @@ class Transformer(_DecodingModel):
         self, memory: dict[str, Array], max_length: int, *, keep_weights: bool = False
     ) -> DecodeState:
         """Room for ``max_length`` target tokens after :meth:`encode`'s ``memory``; with
-        ``keep_weights`` each layer's cross-attention of every decoded token is kept."""
+        ``keep_weights`` each layer's cross-attention of every decoded token is kept.
+
+        With learned positions, more than ``config.max_length`` is refused, and the target
+        positions past the longest training target are untrained: decode at most that many
+        tokens (``experiments.tasks.translate`` decodes its ``data.max_length``, the longest
+        pair it trains on). The module docstring says why a translation cannot slide."""
         return self._new_state(
             memory["memory"].shape[0],
             max_length,
@@ -674,7 +696,12 @@ class TransformerLM(_DecodingModel):
         """The cache of ``max_length`` slots (prompt included) filled with all but the last
         token of the prompt ``memory [B, P]``; decoding starts from that last token
         (``bos_id=prompt[:, -1]``). ``keep_weights``: every layer's self-attention of each
-        token fed, ``[B, N, M, M]``."""
+        token fed, ``[B, N, M, M]``.
+
+        ``max_length`` is the most positions the model is fed: at most the trained context
+        with learned positions. To generate past it, decode through
+        ``zoo.decoding.sliding_window(lambda p: model.init_decode_state(p, C), model.step,
+        prompt, window=C)``, which calls this again whenever the window is full."""
         state = self.init_cache(memory.shape[0], max_length, keep_weights=keep_weights)
         if memory.shape[1] > 1:
             _, state = self.prefill(memory[:, :-1], state)
