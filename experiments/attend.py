@@ -117,8 +117,8 @@ def continue_prompt(
         ids,
         window=context,
         length=length,
-        method="greedy",
-        temperature=1.0,
+        method="sample",  # greedy decoding of a small character model loops
+        temperature=0.8,
         top_k=None,
         beam_size=1,
         seed=0,

@@ -89,3 +89,8 @@ def test_attend_continues_your_prompt_and_outlines_the_query(finished_run, capsy
     with pytest.raises(SystemExit):
         attend.main([str(workdir), "--input", "KING", "--query", "queen"])
     assert "--query 'queen' is not in the prompt" in capsys.readouterr().err
+    # Unknown characters are counted; a prompt past the trained context (16) keeps its end.
+    attend.main([str(workdir), "--input", "KING \u20ac" + " of France" * 3, "--length", "2"])
+    printed = capsys.readouterr().out
+    assert "note: 1 characters or pieces outside the model's vocabulary" in printed
+    assert "warning: the prompt is cut to its last 16 tokens" in printed
