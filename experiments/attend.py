@@ -155,7 +155,9 @@ def _query_row(pieces: Sequence[str], query: str | None) -> int:
         index = int(query)
     except ValueError:
         ends = np.cumsum([len(p) for p in pieces])  # where each token's text ends
-        found = "".join(pieces).rfind(query)
+        # The labels show spaces as a visible mark ("␣", sentencepiece's "▁"): read them back.
+        text = "".join(pieces).replace("\u2423", " ").replace("\u2581", " ")
+        found = text.rfind(query)
         if found < 0 or not query:
             raise ValueError(f"--query {query!r} is not in the prompt") from None
         return int(np.searchsorted(ends, found + len(query)))

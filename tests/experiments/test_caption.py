@@ -276,10 +276,20 @@ def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     assert state["memory"].dtype == state["hidden"].dtype == weights.dtype == jnp.float32
 
 
-def test_attend_captions_your_image_and_draws_each_word(finished_run, capsys, tmp_path):
+def test_attend_captions_your_image_and_draws_each_word(
+    finished_run, capsys, tmp_path, monkeypatch
+):
     from PIL import Image
 
     workdir, _ = finished_run
+    drawn = []
+    overlay = attend.visualize_lib.image_overlay
+
+    def recording(image, words, maps, path, **kwargs):
+        drawn.append((image.shape, list(words), maps.shape))
+        return overlay(image, words, maps, path, **kwargs)
+
+    monkeypatch.setattr(attend.visualize_lib, "image_overlay", recording)
     photo = tmp_path / "photo.jpg"  # colour, and not the scenes' size: prepared as they were
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((50, 70, 3)) * 255).astype(np.uint8)).save(photo)
@@ -287,6 +297,10 @@ def test_attend_captions_your_image_and_draws_each_word(finished_run, capsys, tm
     text = attend.main([str(workdir), "--input", str(photo), "--out", str(out)])
     printed = capsys.readouterr().out
     assert text in printed and out.stat().st_size > 1000
+    # The scenes' grey 64 x 64 input; one panel per word of the caption printed, end included.
+    (shape, words, maps) = drawn[0]
+    assert shape == (64, 64, 1) and maps[0] == len(words)
+    assert " ".join(words[:-1]) == text and words[-1] == "</s>"
     with pytest.raises(SystemExit):
         attend.main([str(workdir), "--input", str(tmp_path / "missing.png")])
     assert f"cannot read the image {tmp_path / 'missing.png'}" in capsys.readouterr().err

@@ -79,13 +79,27 @@ def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     assert {w.dtype for w in weights["decoder_self"]} == {jnp.dtype(jnp.float32)}
 
 
-def test_attend_continues_your_prompt_and_outlines_the_query(finished_run, capsys, tmp_path):
+def test_attend_continues_your_prompt_and_outlines_the_query(
+    finished_run, capsys, tmp_path, monkeypatch
+):
     workdir, _ = finished_run
     out = tmp_path / "mine.png"
+    drawn = []
+    grid = attend.visualize_lib.head_grid
+
+    def recording(weights, queries, keys, path, title="", **kwargs):
+        drawn.append((list(queries), list(keys), kwargs["highlight"]))
+        return grid(weights, queries, keys, path, title, **kwargs)
+
+    monkeypatch.setattr(attend.visualize_lib, "head_grid", recording)
     argv = [str(workdir), "--input", "KING: the crown", "--query", "the", "--length", "5"]
     continuation = attend.main([*argv, "--out", str(out)])
     printed = capsys.readouterr().out
     assert "KING: the crown" + continuation in printed and out.stat().st_size > 1000
+    # Both axes carry the prompt's characters; the outlined row is the "e" ending "the".
+    queries, keys, row = drawn[0]
+    assert queries == keys and "".join(queries).replace("\u2423", " ") == "KING: the crown"
+    assert row == 8
     with pytest.raises(SystemExit):
         attend.main([str(workdir), "--input", "KING", "--query", "queen"])
     assert "--query 'queen' is not in the prompt" in capsys.readouterr().err
