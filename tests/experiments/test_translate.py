@@ -184,3 +184,16 @@ def test_attend_translates_your_sentence_and_draws_its_alignment(
     with pytest.raises(SystemExit):
         attend.main([str(workdir), "--input", "x", "--beam_size", "0"])
     assert "--beam_size must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains a second model
+def test_attend_on_rnnencdec_translates_and_says_it_has_no_attention(data_dir, capsys, tmp_path):
+    workdir = tmp_path / "encdec"
+    argv = ["translate", "--model", "rnnencdec", "--preset", "smoke", "--steps", "1"]
+    run.main([*argv, "--workdir", str(workdir), "--set", f"data.data_dir={data_dir}"])
+    capsys.readouterr()
+    out = tmp_path / "none.png"
+    hypothesis = attend.main([str(workdir), "--input", "and god said", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert hypothesis in printed and "RNNencdec has no attention" in printed
+    assert not out.exists()
