@@ -228,19 +228,30 @@ def load(cls: type[C], path: pathlib.Path) -> C:
 
 
 def apply_overrides(config: C, overrides: list[str]) -> C:
-    """``["model.hidden_dim=64", "train.steps=10"]`` -> a new config with those fields set."""
+    """``["model.hidden_dim=64", "train.steps=10"]`` -> a new config with those fields set.
+
+    All the overrides are set first and the config is built once, so that a check across
+    fields (``model.score`` and ``model.kernel``) sees them together, in whatever order the
+    command line gives them.
+    """
+    if not overrides:
+        return config
+    values = to_dict(config)
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep:
             raise ValueError(f"--set expects key=value, got {override!r}")
-        try:
-            config = _replace_path(config, key.strip().split("."), text.strip(), key)
-        except ConfigError as error:  # a config's own check, run again by dataclasses.replace
-            raise ConfigError(f"{error} (from --set {override})") from None
-    return config
+        _set_path(config, values, key.strip().split("."), text.strip(), key)
+    try:
+        return from_dict(type(config), values)
+    except ConfigError as error:  # a config's own check
+        raise ConfigError(f"{error} (from --set {' --set '.join(overrides)})") from None
 
 
-def _replace_path(config: Any, path: list[str], text: str, full_key: str) -> Any:
+def _set_path(
+    config: Any, values: dict[str, Any], path: list[str], text: str, full_key: str
+) -> None:
+    """Set the parsed ``text`` at ``path`` of ``values``, the ``to_dict`` form of ``config``."""
     fields = {f.name: f for f in dataclasses.fields(config)}
     name = path[0]
     if name not in fields:
@@ -251,12 +262,11 @@ def _replace_path(config: Any, path: list[str], text: str, full_key: str) -> Any
     if len(path) > 1:
         if not dataclasses.is_dataclass(current):
             raise ValueError(f"{full_key!r}: {name} is not a group of fields")
-        value = _replace_path(current, path[1:], text, full_key)
+        _set_path(current, values[name], path[1:], text, full_key)
+    elif dataclasses.is_dataclass(current):
+        raise ValueError(f"{full_key!r} is a group; set one of its fields, e.g. {name}.<field>")
     else:
-        if dataclasses.is_dataclass(current):
-            raise ValueError(f"{full_key!r} is a group; set one of its fields, e.g. {name}.<field>")
-        value = _parse(typing.get_type_hints(type(config))[name], text, full_key)
-    return dataclasses.replace(config, **{name: value})
+        values[name] = _parse(typing.get_type_hints(type(config))[name], text, full_key)
 
 
 def _parse(kind: Any, text: str, key: str) -> Any:

@@ -30,7 +30,7 @@ import jax
 from flax import nnx
 
 from experiments import config as config_lib
-from experiments import runner, tasks
+from experiments import parallel, runner, tasks
 from experiments.errors import USER_ERRORS
 
 
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "runs", f"{args.experiment}-{args.model or task.MODELS[0]}-{args.preset or 'tiny'}"
         )
         config = resolve_config(args, task, workdir)
+        # The devices the run asks for exist, before any data or compile work.
+        parallel.make_mesh(config.train.devices, config_lib.mesh_axes(config.train.mesh))
     except (ValueError, OSError) as error:  # UsageError, bad --set values, unreadable config
         _fail(error, debug=debug)
     try:

@@ -94,6 +94,15 @@ class Config:
     train: TrainConfig
     eval: EvalConfig
 
+    def __post_init__(self) -> None:
+        kernel = self.model.kernel
+        if self.loss.penalty_strength > 0 and kernel not in ("auto", "additive"):
+            raise config_lib.ConfigError(
+                "loss.penalty_strength > 0 needs the attention weights (Xu et al. 2015, eq. "
+                f"(14)), which model.kernel={kernel!r} never forms; set "
+                "loss.penalty_strength=0 or model.kernel=additive"
+            )
+
 
 def presets(model: str) -> dict[str, Config]:
     del model  # one model
@@ -191,13 +200,6 @@ def make_model(config: Config) -> ShowAttendTell:
 
 def setup(config: Config, workdir: pathlib.Path) -> Setup:
     del workdir
-    kernel = config.model.kernel
-    if config.loss.penalty_strength > 0 and kernel not in ("auto", "additive"):
-        raise ValueError(
-            f"loss.penalty_strength > 0 needs the attention weights (Xu et al. 2015, eq. (14)), "
-            f"which model.kernel={kernel!r} never forms; set loss.penalty_strength=0 or "
-            "model.kernel=additive"
-        )
     data = make_data(config)
     channels = data.channels + (2 if config.data.coordinates else 0)
     model_config = dataclasses.replace(

@@ -57,6 +57,20 @@ class Config:
     train: TrainConfig
     eval: EvalConfig
 
+    def __post_init__(self) -> None:
+        if self.model.max_length < self.data.context_length:
+            raise config_lib.ConfigError(
+                f"model.max_length ({self.model.max_length}) must cover data.context_length "
+                f"({self.data.context_length})"
+            )
+        sequence = dict(mesh_axes(self.train.mesh)).get("sequence", 1)
+        if (self.model.kernel == "ring") != (sequence > 1):
+            raise config_lib.ConfigError(
+                "model.kernel=ring and a train.mesh axis 'sequence' of two or more devices go "
+                "together, e.g. --set train.mesh=data:2,sequence:2 --set model.kernel=ring; "
+                f"got model.kernel={self.model.kernel!r}, train.mesh={self.train.mesh!r}"
+            )
+
 
 def presets(model: str) -> dict[str, Config]:
     del model  # one model
@@ -146,19 +160,8 @@ def make_data(config: Config, *, batch_size: int | None = None) -> Any:
 
 def make_model(config: Config) -> TransformerLM:
     """The model of a config whose vocabulary size is the data's (:func:`setup` fills it)."""
-    if config.model.max_length < config.data.context_length:
-        raise ValueError(
-            f"model.max_length ({config.model.max_length}) must cover data.context_length "
-            f"({config.data.context_length})"
-        )
     kernel = None
     if config.model.kernel == "ring":  # sequence-parallel over the run's mesh
-        axes = dict(mesh_axes(config.train.mesh))
-        if axes.get("sequence", 1) < 2:
-            raise ValueError(
-                "model.kernel=ring splits the sequence over a mesh axis 'sequence' of two or "
-                "more devices, e.g. --set train.mesh=data:2,sequence:2"
-            )
         mesh = parallel.make_mesh(config.train.devices, mesh_axes(config.train.mesh))
         # Zigzag over the ring so that causal attention keeps every device equally busy
         # (Llama 3's context parallelism); the kernel permutes the sequence itself.
