@@ -62,12 +62,21 @@ class DataConfig:
     # (CoordConv, Liu et al. 2018), so the annotations know where they are (module docstring).
     coordinates: bool = True
 
+    def __post_init__(self) -> None:
+        config_lib.check_range("data", "max_length", self.max_length, at_least=2, integer=True)
+        config_lib.check_range("data", "vocab_size", self.vocab_size, at_least=1, integer=True)
+        if self.image_size is not None:
+            config_lib.check_range("data", "image_size", self.image_size, at_least=1, integer=True)
+
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     # lambda of the doubly stochastic penalty, eq. (14); 0 trains on the likelihood alone.
     # Added per caption to the caption's summed NLL, as in arctic-captions (alpha_c).
     penalty_strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        config_lib.check_range("loss", "penalty_strength", self.penalty_strength, at_least=0)
 
 
 @dataclasses.dataclass(frozen=True)

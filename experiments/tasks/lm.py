@@ -40,11 +40,21 @@ class DataConfig:
     bpe_vocab_size: int = 2048  # pieces of the BPE vocabulary (tokenizer="bpe" only)
     context_length: int = 64  # tokens each training window predicts
 
+    def __post_init__(self) -> None:
+        config_lib.check_choice("data", "tokenizer", self.tokenizer, ("char", "bpe"))
+        for name in ("bpe_vocab_size", "context_length"):
+            config_lib.check_range("data", name, getattr(self, name), at_least=1, integer=True)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     windows: int | None = 400  # held-out windows scored (evenly spaced); None = all
     plot_length: int = 40  # tokens of the held-out line drawn as attention maps
+
+    def __post_init__(self) -> None:
+        if self.windows is not None:
+            config_lib.check_range("eval", "windows", self.windows, at_least=1, integer=True)
+        config_lib.check_range("eval", "plot_length", self.plot_length, at_least=1, integer=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,10 @@ class DataConfig:
     manual_dir: str | None = None  # local files for datasets that need them (TFDS manual_dir)
     max_length: int = 50  # tokens per side; longer pairs are dropped (RNNsearch-50)
 
+    def __post_init__(self) -> None:
+        # A sentence needs a token and its end token.
+        config_lib.check_range("data", "max_length", self.max_length, at_least=2, integer=True)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:

@@ -152,3 +152,33 @@ def test_helpers_name_the_field_and_the_range():
         config_lib.ConfigError, match=r"^data.tokenizer: expected one of 'char', 'bpe', got 'word'$"
     ):
         config_lib.check_choice("data", "tokenizer", "word", ("char", "bpe"))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "model", "override", "message"),
+    [
+        ("translate", "rnnsearch", "data.max_length=1", r"data.max_length: expected an int >= 2"),
+        ("translate", "rnnsearch", "eval.beam_size=0", r"eval.beam_size must be >= 1"),
+        ("translate", "rnnsearch", "model.score=concat", r"score must be one of"),
+        ("lm", "transformer", "data.tokenizer=word", r"data.tokenizer: expected one of"),
+        ("lm", "transformer", "eval.windows=0", r"eval.windows: expected an int >= 1"),
+        ("lm", "transformer", "data.context_length=999", r"must cover data.context_length"),
+        ("caption", "sat", "loss.penalty_strength=-1", r"loss.penalty_strength: expected"),
+        ("caption", "sat", "eval.examples=0", r"eval.examples must be >= 1"),
+    ],
+)
+def test_task_settings_are_checked_when_the_config_is_built(experiment, model, override, message):
+    from experiments import tasks
+
+    preset = tasks.load(experiment).presets(model)["tiny"]
+    with pytest.raises(ValueError, match=message):
+        config_lib.apply_overrides(preset, [override])
+
+
+def test_cross_field_overrides_apply_in_any_order():
+    from experiments.tasks import translate
+
+    preset = translate.presets("rnnsearch")["tiny"]
+    # The kernel first would fail alone (blockwise is not an additive kernel); together, fine.
+    config = config_lib.apply_overrides(preset, ["model.kernel=blockwise", "model.score=general"])
+    assert (config.model.kernel, config.model.score) == ("blockwise", "general")
