@@ -8,7 +8,7 @@ A run lives in one work directory (default ``runs/EXPERIMENT-MODEL-PRESET``): it
 (``config.json``), metrics (``metrics.jsonl``, ``tensorboard/``), checkpoints and plots.
 Without ``--resume`` the directory must hold no run yet. With ``--resume`` the run continues
 from its latest checkpoint under its saved config; only ``--steps`` may change (to train
-longer). Ctrl-C or SIGTERM saves the step in progress and exits (130 or 143).
+longer). Ctrl-C or SIGTERM saves the step in progress and exits with 130.
 
 A mistake of the user's (a bad setting, missing data, an unusable run directory or checkpoint)
 is one line, ``error: ...``, and exit status 1; ``--debug`` (or ``ZOO_DEBUG=1``) shows its

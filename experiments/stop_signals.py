@@ -102,5 +102,6 @@ class StopSignals:
 
     @property
     def exit_code(self) -> int:
-        # The shell's code for a process ended by that signal (130 for Ctrl-C).
-        return 128 + (self.signal or signal.SIGINT)
+        # One code for "interrupted, saved, continue with --resume", whichever signal asked:
+        # the shell's code for Ctrl-C (128 + SIGINT), so scripts need to test for one value.
+        return 128 + signal.SIGINT
