@@ -22,7 +22,6 @@ import functools
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -47,23 +46,12 @@ def translate(loaded: runner.Run, text: str, out: pathlib.Path, beam_size: int |
     if len(ids) + 1 > width:  # + the end token
         kept = data.source_pieces(ids[: width - 1])
         print(f"warning: the source is cut to {width - 1} pieces, after {''.join(kept[-3:])!r}")
-    if beam_size is not None:
-        held_out.generate = functools.partial(held_out.generate, beam_size=beam_size)
-    (hypothesis,) = held_out.translate_texts(loaded.model, [text])
+    (hypothesis,) = held_out.translate_texts(loaded.model, [text], beam_size=beam_size)
     print(hypothesis)
     if getattr(config.model, "attention", True) is False:
         print("RNNencdec has no attention (one fixed summary of the source): nothing to draw")
         return hypothesis
-    source_ids, target_ids, weights = held_out.attention(loaded.model, [text], [hypothesis])
-    source = data.source_pieces(source_ids[0])
-    target = data.target_pieces(target_ids[0, 1:])
-    T, S = len(target), len(source)
-    title = f"{text}\n-> {hypothesis}"
-    if isinstance(weights, dict):  # the Transformer: every layer's and head's cross-attention
-        cross = np.stack([w[0, :, :T, :S] for w in weights["cross"]])
-        visualize_lib.head_grid(cross, target, source, out, title)
-    else:
-        visualize_lib.alignment_heatmap(weights[0, :T, :S], source, target, out, title=title)
+    held_out.draw(loaded.model, [text], [hypothesis], [out])
     print(f"plot: {out}")
     return hypothesis
 
@@ -101,7 +89,7 @@ def continue_prompt(
 ) -> str:
     """Print and return the continuation of ``text``; draw the prompt's self-attention."""
     from experiments import sample
-    from zoo.models.protocol import weights_graphdef
+    from experiments.tasks.lm import self_attention
 
     data, config = loaded.setup.held_out.data, loaded.config
     ids = np.asarray(data.encode(text), np.int32)
@@ -127,23 +115,12 @@ def continue_prompt(
     print(text + continuation)
     pieces = data.pieces(ids)
     row = _query_row(pieces, query)
-    looking = _with_weights(loaded.model, weights_graphdef)
-    _, weights = runner.apply(_self_attention, looking, {"tokens": ids[None]})
-    stacked = np.stack([np.asarray(w[0]) for w in weights["decoder_self"]])  # [L, N, T, T]
     title = f"{text!r}: where {pieces[row]!r} (token {row}) looks"
-    visualize_lib.head_grid(stacked, pieces, pieces, out, title, highlight=row)
+    visualize_lib.head_grid(
+        self_attention(loaded.model, ids), pieces, pieces, out, title, highlight=row
+    )
     print(f"plot: {out}")
     return continuation
-
-
-def _with_weights(model: Any, graph: Any) -> Any:
-    from flax import nnx
-
-    return nnx.merge(graph(model), nnx.state(model))
-
-
-def _self_attention(model: Any, batch: dict[str, Any]) -> Any:
-    return model(batch["tokens"], return_weights=True)
 
 
 def _query_row(pieces: Sequence[str], query: str | None) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import config as config_lib
-from experiments import parallel
+from experiments import parallel, runner
 from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig, mesh_axes
 from experiments.data import language_model
@@ -239,22 +239,25 @@ class HeldOut:
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
         length = min(self.config.eval.plot_length, self.config.data.context_length)
         stream = self.data.stream(self.data.eval_splits[0])
-        tokens = np.asarray(stream[:length], np.int32)[None]
-        _, weights = _forward_with_weights(weights_graphdef(model), nnx.state(model), tokens)
-        pieces = self.data.pieces(tokens[0])
-        stacked = np.stack([np.asarray(w[0]) for w in weights["decoder_self"]])  # [L, N, T, T]
+        tokens = np.asarray(stream[:length], np.int32)
+        pieces = self.data.pieces(tokens)
         path = visualize_lib.head_grid(
-            stacked,
+            self_attention(model, tokens),
             pieces,
             pieces,
             out_dir / "self_attention.png",
-            title=repr(self.data.decode(tokens[0])),
+            title=repr(self.data.decode(tokens)),
         )
         return [path]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward_with_weights(
-    graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array
-) -> tuple[jax.Array, Any]:
-    return nnx.merge(graphdef, state)(tokens, return_weights=True)
+def self_attention(model: Any, tokens: np.ndarray) -> np.ndarray:
+    """Every layer's and head's causal self-attention over int ``tokens [T]``: ``[L, N, T, T]``,
+    on the kernel that forms the weights."""
+    looking = nnx.merge(weights_graphdef(model), nnx.state(model))
+    _, weights = runner.apply(_with_weights, looking, {"tokens": tokens[None]})
+    return np.stack([np.asarray(w[0]) for w in weights["decoder_self"]])
+
+
+def _with_weights(model: Any, batch: Batch) -> Any:
+    return model(batch["tokens"], return_weights=True)

@@ -332,15 +332,21 @@ class HeldOut:
             metrics[f"bleu_len_{bucket}"] = bleu
         return metrics
 
-    def translate_texts(self, model: nnx.Module, sources: list[str]) -> list[str]:
-        """Beam-search translations of raw source sentences, as the evaluation makes them."""
+    def translate_texts(
+        self, model: nnx.Module, sources: list[str], *, beam_size: int | None = None
+    ) -> list[str]:
+        """Beam-search translations of raw source sentences, as the evaluation makes them
+        (``beam_size``: another width than the run's)."""
+        generate = self.generate
+        if beam_size is not None:
+            generate = functools.partial(generate, beam_size=beam_size)
         size, hypotheses = self.config.train.batch_size, []
         for start in range(0, len(sources), size):
             chunk = sources[start : start + size]
             # Pad the last chunk to the full batch so the decoder compiles once.
             padded = chunk + [chunk[-1]] * (size - len(chunk))
             ids = self.data.encode_sources(padded, self.config.data.max_length)
-            tokens = runner.apply(self.generate, model, {"source": ids})
+            tokens = runner.apply(generate, model, {"source": ids})
             hypotheses += self.data.decode_targets(np.asarray(tokens))[: len(chunk)]
         return hypotheses
 
@@ -361,28 +367,36 @@ class HeldOut:
         """The alignment (Bahdanau et al. 2014, Fig. 3) of a few test sentences' beam-search
         translations; for the Transformer, every layer's and head's cross-attention."""
         sources, _ = self.data.eval_pairs(self.config.eval.plots, split="test")
-        hypotheses = self.translate_texts(model, sources)
+        kind = (
+            "cross_attention" if isinstance(self.config.model, TransformerConfig) else "alignment"
+        )
+        paths = [out_dir / f"{kind}_{i}.png" for i in range(len(sources))]
+        return self.draw(model, sources, self.translate_texts(model, sources), paths)
+
+    def draw(
+        self,
+        model: nnx.Module,
+        sources: list[str],
+        hypotheses: list[str],
+        paths: list[pathlib.Path],
+    ) -> list[pathlib.Path]:
+        """Each translation's attention into its path: the alignment heatmap, or for the
+        Transformer every layer's and head's cross-attention."""
         source_ids, target_ids, weights = self.attention(model, sources, hypotheses)
-        paths = []
-        for i, (source, hypothesis) in enumerate(zip(sources, hypotheses, strict=True)):
+        for i, (source, hypothesis, path) in enumerate(
+            zip(sources, hypotheses, paths, strict=True)
+        ):
             source_pieces = self.data.source_pieces(source_ids[i])
             target_pieces = self.data.target_pieces(target_ids[i, 1:])
             T, S = len(target_pieces), len(source_pieces)
             title = f"{source}\n-> {hypothesis}"
             if isinstance(weights, dict):  # Transformer: every layer's and head's cross-attention
                 cross = np.stack([w[i, :, :T, :S] for w in weights["cross"]])
-                path = visualize_lib.head_grid(
-                    cross, target_pieces, source_pieces, out_dir / f"cross_attention_{i}.png", title
-                )
+                visualize_lib.head_grid(cross, target_pieces, source_pieces, path, title)
             else:
-                path = visualize_lib.alignment_heatmap(
-                    weights[i, :T, :S],
-                    source_pieces,
-                    target_pieces,
-                    out_dir / f"alignment_{i}.png",
-                    title=title,
+                visualize_lib.alignment_heatmap(
+                    weights[i, :T, :S], source_pieces, target_pieces, path, title=title
                 )
-            paths.append(path)
         return paths
 
 
