@@ -79,14 +79,15 @@ test-slow: $(STAMP)
 test-oldest: $(STAMP_OLD)
 	$(PY_OLD) -m pytest -n 2 tests/kernels tests/nn
 
-# A quick kernel benchmark against jax.nn and PyTorch SDPA, in the Python 3.11 environment
-# (installs the bench extra there). The full sweep: $(PY_OLD) -m benchmarks.kernels --mode
-# full; issue-6 targets: --mode targets.
+# The quick kernel benchmark (a few minutes): the zoo against tokamax, jax.nn, flax and PyTorch
+# SDPA, in the Python 3.11 environment, where the bench extra's torch installs. Every
+# measurement runs alike: $(PY_OLD) -m benchmarks.MEASUREMENT --mode MODE (see --help), for
+# kernels, models, decoding, scaling and devices.
 bench: $(STAMP_BENCH)
 	$(PY_OLD) -m benchmarks.kernels --mode quick
 
-# benchmarks/RESULTS.md from the benchmarks' results.json files: the issues' targets met or
-# missed, the tables, plots and machines. Runs no benchmark and needs no torch.
+# benchmarks/RESULTS.md and the README's headline from the measurements' results.json files:
+# every stored target met or missed, the tables, plots and machines. Measures nothing.
 results: $(STAMP)
 	$(PY) -m benchmarks.report
 

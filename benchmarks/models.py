@@ -131,11 +131,10 @@ def _torch_first_calls(run: Any) -> dict[str, Any]:
 
 
 def worker(case: Case, repeats: int, warmup: int = 2) -> dict[str, Any]:
-    from benchmarks.kernels import _matmul_rates
-    from benchmarks.timing import race, time_call
+    from benchmarks.harness import dense_matmul, race, time_call
     from benchmarks.train_steps import NO_ATTENTION, compile_report, make_zoo_step
 
-    result: dict[str, Any] = {"matmul_gflops": _matmul_rates("float32"), "impls": {}}
+    result: dict[str, Any] = {"matmul_gflops": dense_matmul({}), "impls": {}}
     runs: dict[str, Any] = {}
     kernels = case.kernels or ("reference",)
     if case.attention_cost:

@@ -395,7 +395,12 @@ def kernel_plots(results_dir: pathlib.Path, out: pathlib.Path) -> list[pathlib.P
             "--mode targets` or pass --bench-results DIR"
         )
     out.mkdir(parents=True, exist_ok=True)
-    return kernels.plot(json.loads(results_path.read_text()), out, dpi=80, prefix="kernels_")
+    rows, paths = json.loads(results_path.read_text())["rows"], []
+    for plot in kernels.PLOTS:
+        named = dataclasses.replace(plot, file=f"kernels_{plot.file}")
+        if named.draw(rows, out, "attention, B=1 N=8 H=64, float32"):
+            paths.append(out / named.file)
+    return paths
 
 
 def compact(path: pathlib.Path) -> pathlib.Path:
@@ -420,7 +425,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--bench-results",
         type=pathlib.Path,
-        default=pathlib.Path("benchmarks/results/targets"),
+        default=pathlib.Path("benchmarks/results/kernels/quick"),
         help="directory of the kernel benchmark's results.json",
     )
     parser.add_argument(

@@ -34,10 +34,10 @@ def sweep(tmp_path_factory):
 
 
 def _worker(case, repeats):
-    import benchmarks.kernels
+    import benchmarks.harness
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(benchmarks.kernels, "_matmul_rates", lambda dtype: {"jnp.dot": 100.0})
+        patch.setattr(benchmarks.harness, "dense_matmul", lambda options: {"jnp.dot": 100.0})
         return models.worker(case, repeats, warmup=1)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import kernels
 from experiments import config as config_lib
 from experiments import figures
 from experiments.figures import Aligned, Candidate, Reordering
@@ -155,16 +156,16 @@ def test_a_new_run_starts_from_the_figure_preset(tmp_path, monkeypatch):
 
 def _results() -> dict:
     """A kernel benchmark results.json in miniature: time everywhere, memory for fwd+bwd."""
-    cases = []
-    for mode in ("fwd", "fwd+bwd"):
+    rows = []
+    for pass_ in ("fwd", "fwd+bwd"):
         for T in (1024, 2048):
-            case = {"T": T, "B": 1, "N": 8, "K": 8, "H": 64, "causal": False}
-            case |= {"dtype": "float32", "mode": mode}
-            impls = {"zoo.blockwise": {"median_s": T / 1e4}, "torch.sdpa": {"median_s": T / 9e3}}
-            if mode == "fwd+bwd":
-                impls["zoo.blockwise"]["memory"] = {"peak_bytes": T * 2**12}
-            cases.append({"case": case, "flops": 1.0, "impls": impls})
-    return {"machine": {"processor": "test CPU", "cores": 2}, "mode": "targets", "cases": cases}
+            case = kernels.case(T, causal=False, pass_=pass_)
+            impls = {"zoo.auto": {"median_s": T / 1e4}, "torch.sdpa": {"median_s": T / 9e3}}
+            rows.append({"case": case, "flops": 1.0, "impls": impls})
+            if pass_ == "fwd+bwd":
+                memory = {**case, "memory": "zoo.auto"}
+                rows.append({"case": memory, "peak_bytes": T * 2**12})
+    return {"machine": {"processor": "test CPU", "cores": 2}, "mode": "targets", "rows": rows}
 
 
 def test_kernel_plots_draw_the_benchmark_results(tmp_path):
