@@ -1,10 +1,8 @@
-"""Bytes each device sends per step, read from a compiled program's HLO text.
+"""Bytes each device sends per step, read from a compiled SPMD program's HLO text.
 
-:func:`parse_collectives` finds every collective (all-reduce, all-gather, reduce-scatter,
-collective-permute, all-to-all) in ``compiled.as_text()``, with how often it runs (loop trip
-counts) and the bytes one device sends for it; :func:`summarize` totals them;
-:func:`project` turns bytes and FLOPs into seconds on real links. Used by
-``benchmarks/devices.py``.
+:func:`parse_collectives` finds every collective in ``compiled.as_text()`` with how often it
+runs (loop trip counts) and the bytes one device sends for it; :func:`summarize` totals them;
+:func:`project` turns bytes and FLOPs into seconds on real links.
 """
 
 import dataclasses
@@ -12,26 +10,11 @@ import math
 import re
 from typing import Any
 
-__all__ = ["Collective", "parse_collectives", "project", "summarize"]
+__all__ = ["COLLECTIVES", "Collective", "parse_collectives", "project", "summarize"]
 
-_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-_DTYPE_BYTES = {
-    "pred": 1,
-    "s8": 1,
-    "u8": 1,
-    "s16": 2,
-    "u16": 2,
-    "f16": 2,
-    "bf16": 2,
-    "s32": 4,
-    "u32": 4,
-    "f32": 4,
-    "s64": 8,
-    "u64": 8,
-    "f64": 8,
-    "c64": 8,
-    "c128": 16,
-}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+                "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}  # fmt: skip
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _CALLS = re.compile(
@@ -39,13 +22,14 @@ _CALLS = re.compile(
 )
 _CALL_LISTS = re.compile(r"\b(branch_computations|called_computations)=\{([^}]*)\}")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_BRANCHES = ("branch_computations", "true_computation", "false_computation")
 
 
 @dataclasses.dataclass(frozen=True)
 class Collective:
     """One collective instruction of a compiled SPMD program (shapes are per device)."""
 
-    op: str  # "all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all"
+    op: str  # one of COLLECTIVES
     name: str  # the instruction's name in the HLO
     result_bytes: int  # bytes of the result on one device
     group: int  # devices in each replica group (1 for collective-permute)
@@ -112,9 +96,8 @@ def _group_size(attributes: str, devices: int) -> int:
         return int(groups[1:].split("]")[0].split(",")[-1])
     # Over named mesh axes: mesh['axis_0'=4,'axis_1'=2] {'axis_0'} (a sub-axis: 'axis_0':(1)2).
     sizes = {name: int(size) for name, size in re.findall(r"'(\w+)'=(\d+)", groups)}
-    chosen = groups.rsplit("{", 1)[1]
     size = 1
-    for name, sub in re.findall(r"'(\w+)'(?::\(\d+\)(\d+))?", chosen):
+    for name, sub in re.findall(r"'(\w+)'(?::\(\d+\)(\d+))?", groups.rsplit("{", 1)[1]):
         size *= int(sub) if sub else sizes[name]
     return size
 
@@ -122,9 +105,7 @@ def _group_size(attributes: str, devices: int) -> int:
 def _permute_share(attributes: str) -> float:
     """The share of a collective-permute's source-target pairs that leave their device."""
     pairs = re.findall(r"\{(\d+),(\d+)\}", attributes.split("source_target_pairs=", 1)[-1])
-    if not pairs:
-        return 1.0
-    return sum(a != b for a, b in pairs) / len(pairs)
+    return sum(a != b for a, b in pairs) / len(pairs) if pairs else 1.0
 
 
 def parse_collectives(hlo_text: str, devices: int) -> list[Collective]:
@@ -142,17 +123,15 @@ def parse_collectives(hlo_text: str, devices: int) -> list[Collective]:
     entry, current = None, None
     for line in hlo_text.splitlines():
         if line and not line[0].isspace() and line.rstrip().endswith("{"):
-            is_entry = line.startswith("ENTRY")
             current = line.removeprefix("ENTRY").split()[0].lstrip("%")
             computations[current] = []
-            entry = current if is_entry else entry
+            entry = current if line.startswith("ENTRY") else entry
         elif current is not None and line.strip() == "}":
             current = None
         elif current is not None:
             computations[current].append(line)
     if entry is None:
         raise ValueError("no ENTRY computation in the HLO text")
-
     found: list[Collective] = []
 
     def visit(name: str, times: int, known: bool, in_loop: bool, in_cond: bool) -> None:
@@ -163,7 +142,7 @@ def parse_collectives(hlo_text: str, devices: int) -> list[Collective]:
             result_type, rest = _split_type(match.group(2))
             opcode = rest.split("(", 1)[0].strip()
             base = opcode.removesuffix("-start")
-            if base in _COLLECTIVES and not opcode.endswith("-done"):
+            if base in COLLECTIVES and not opcode.endswith("-done"):
                 if opcode.endswith("-start") and base in ("all-gather", "collective-permute"):
                     # (operands, outputs, u32[] contexts...): only the outputs are sent.
                     sizes = _array_bytes(re.sub(r"\bu32\[\]", "", result_type))
@@ -172,36 +151,24 @@ def parse_collectives(hlo_text: str, devices: int) -> list[Collective]:
                     sizes = _array_bytes(result_type)
                 attributes = rest.split(")", 1)[-1]
                 permute = base == "collective-permute"
-                found.append(
-                    Collective(
-                        op=base,
-                        name=match.group(1),
-                        result_bytes=sum(sizes),
-                        group=1 if permute else _group_size(attributes, devices),
-                        leaving=_permute_share(attributes) if permute else 1.0,
-                        executions=times,
-                        trip_count_known=known,
-                        in_loop=in_loop,
-                        in_conditional=in_cond,
-                    )
-                )
-            is_while = opcode == "while"
+                found.append(Collective(
+                    base, match.group(1), sum(sizes),
+                    group=1 if permute else _group_size(attributes, devices),
+                    leaving=_permute_share(attributes) if permute else 1.0,
+                    executions=times, trip_count_known=known, in_loop=in_loop,
+                    in_conditional=in_cond,
+                ))  # fmt: skip
             trip = _TRIP_COUNT.search(rest)
             callees = list(_CALLS.findall(rest))
             for kind, listed in _CALL_LISTS.findall(rest):
                 callees += [(kind, c.strip().lstrip("%")) for c in listed.split(",") if c.strip()]
             for kind, callee in callees:
-                if kind == "to_apply" and base in _COLLECTIVES:
+                if kind == "to_apply" and base in COLLECTIVES:
                     continue  # the reduction of an all-reduce: no collectives inside
-                loop = is_while and kind == "body"
-                visit(
-                    callee,
-                    times * (int(trip.group(1)) if loop and trip else 1),
-                    known and not (loop and trip is None),
-                    in_loop or loop,
-                    in_cond
-                    or kind in ("branch_computations", "true_computation", "false_computation"),
-                )
+                loop = opcode == "while" and kind == "body"
+                times_here = times * (int(trip.group(1)) if loop and trip else 1)
+                known_here = known and not (loop and trip is None)
+                visit(callee, times_here, known_here, in_loop or loop, in_cond or kind in _BRANCHES)
 
     visit(entry, 1, True, False, False)
     return found
@@ -225,10 +192,6 @@ def summarize(collectives: list[Collective]) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------------------------
-# The projection onto real links.
-
-
 def project(
     sent_bytes: float, flops: float, devices: int, *, link_gbps: float, device_gflops: float
 ) -> dict[str, float]:
@@ -236,8 +199,5 @@ def project(
     compute of ``flops / devices`` at ``device_gflops``. No latency, no overlap of the two."""
     comm = sent_bytes / (link_gbps * 1e9)
     compute = flops / devices / (device_gflops * 1e9)
-    return {
-        "comm_s": comm,
-        "compute_s": compute,
-        "comm_over_compute": comm / compute if compute else math.inf,
-    }
+    return {"comm_s": comm, "compute_s": compute,
+            "comm_over_compute": comm / compute if compute else math.inf}  # fmt: skip

@@ -1,68 +1,134 @@
-"""Data- and sequence-parallel training steps on 1, 2, 4, 8 devices, and what they send.
+"""Data- and sequence-parallel training steps on 1, 2, 4, 8 emulated devices, and what they send.
 
-    python -m benchmarks.devices --mode quick   # P = 1, 2, 4 and 2 processes; a few minutes
-    python -m benchmarks.devices --mode full    # P = 1, 2, 4, 8, longer context, every variant
-
-For each device count ``P`` a fresh process (``XLA_FLAGS=--xla_force_host_platform_device_count=P``)
-builds the runner's training step (``experiments.runner.train_step`` with ``make_optimizer``'s
-clipped AdamW, state donated) in these variants and times them interleaved:
-
-* ``dp/replicate``, ``dp/shard``: data parallelism as ``experiments.parallel`` places it, the lm
-  experiment's tiny preset (4 x 128, context 64), a fixed global batch split over ``P``;
-  parameters and optimizer state replicated, or split ZeRO-3 style (``param_sharding="shard"``).
-* ``sp/...``: sequence parallelism, one long sequence split over ``P`` devices with
-  :func:`zoo.kernels.ring.ring_attention` as the model's attention kernel (Liu et al. 2023):
-  ``sp/zigzag`` feeds tokens already in the zigzag layout (``permute=False``),
-  ``sp/zigzag+permute`` lets the kernel permute in and out in every layer
-  (``permute=True``: what plugging the kernel into the model as it stands gives), and
-  ``sp/contiguous`` keeps natural order (exact, but causal work is unbalanced).
-
-Also the data-parallel step on 2 processes (``jax.distributed``, gloo, 2 CPU devices each).
-
-Per variant: compile time, median step time (contention-filtered, ``benchmarks.timing``), the
-first step's loss, and the bytes each device sends per step read from the compiled program
-(``benchmarks/collectives.py``: ``parse_collectives`` on ``compiled.as_text()``), projected
-onto real links (``collectives.project``): communication time = bytes / link bandwidth, next to
-compute time per device = model FLOPs / P / a single-core matmul rate measured here (or
-``--device-gflops``). Tables and plot: ``benchmarks/devices_report.py``.
-
-Emulated CPU devices share this machine's cores (2 here): P devices do the same total work on
-the same cores plus the partitioning and the collectives, so measured step times can show
-overhead only, never speed-up. The bytes are exact properties of the compiled program and do
-carry over to a real cluster; the projection is only as good as its bandwidth and its
-no-latency, no-overlap assumptions.
+python -m benchmarks.devices                # P = 1, 2, 4 and 2 processes; a few minutes
+python -m benchmarks.devices --mode full    # P = 1, 2, 4, 8, longer context, every variant
+python -m benchmarks.devices --devices 2 --variants dp/replicate --processes 0
 """
 
 import argparse
-import json
+import functools
 import os
-import re
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from benchmarks.collectives import parse_collectives, project, summarize
-from benchmarks.timing import machine_info, save_results, spawn
+from benchmarks import harness
+from benchmarks.collectives import COLLECTIVES, parse_collectives, project, summarize
+from benchmarks.harness import Column, Plot, Row, Table
 
+NAME, TITLE = "devices", "Data- and sequence-parallel devices"
 VARIANTS = ("dp/replicate", "dp/shard", "sp/zigzag", "sp/zigzag+permute", "sp/contiguous")
 MODES = {
-    # devices, variants, sequence-parallel context, timed steps per variant, timing budget (s)
-    "quick": ((1, 2, 4), VARIANTS[:4], 1024, 5, 30.0),
-    "full": ((1, 2, 4, 8), VARIANTS, 2048, 9, 120.0),
+    "quick": "P = 1, 2, 4 and 2 processes x 2 devices; dp/* and sp/zigzag(+permute), context 1,024",
+    "full": "P = 1, 2, 4, 8 and 2 processes x 2 devices; every variant, context 2,048",
 }
-CLEAN = 0.1  # a sample is clean when other processes used under 10% of the machine
-FLOPS_FORMULA = "6 * (parameters - learned position table) + 12 * L * D * T per token"
+# devices, variants, sequence-parallel context, timed steps per variant, timing budget (s)
+SWEEPS = {"quick": ((1, 2, 4), VARIANTS[:4], 1024, 5, 30.0),
+          "full": ((1, 2, 4, 8), VARIANTS, 2048, 9, 120.0)}  # fmt: skip
+NOTE = """\
+**Read this first.** The devices are emulated: P XLA CPU devices in one process on this
+machine's cores (the 2-process run: two such processes joined by `jax.distributed`, gloo on
+127.0.0.1). Every P does the same work on the same cores plus the partitioning and the
+collectives (memory copies here), so step times show overhead, never speed-up; the bytes sent
+are properties of the compiled program and carry over to a real cluster. The step is the
+runner's (`experiments.runner.train_step`, clipped AdamW, state donated) on the lm preset.
+`dp/*`: a global batch split over P, state replicated or split ZeRO-3 style
+(`param_sharding="shard"`). `sp/*`: one sequence split over P, causal `ring_attention` (Liu et
+al. 2023) as the kernel; `zigzag` feeds tokens in zigzag order once (slot i embeds with position
+row i: its loss differs slightly), `zigzag+permute` permutes in every layer, `contiguous` keeps
+natural order (causal work unbalanced). Step time: median of the steps (a P's variants
+interleaved in one fresh process) while others used under 10% of the machine (`*`: none). Sent:
+bytes one device sends per step by ring formulas from the collectives in `compiled.as_text()`
+(`benchmarks/collectives.py`), times enclosing loops' trip counts; launches: collectives run."""
 
-# --------------------------------------------------------------------------------------------
-# Worker side: one process, one device count, every variant.
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--devices", default=None, help="comma-separated device counts (default: the mode's)")
+    add("--variants", default=None, help="comma-separated subset of " + ",".join(VARIANTS))
+    add("--preset", default="tiny", choices=("tiny", "smoke"), help="LM shape")
+    add("--batch", type=int, default=16, help="data-parallel global batch")
+    add("--context", type=int, default=None, help="sequence-parallel context")
+    add("--sp-batch", type=int, default=1, help="sequence-parallel batch")
+    add("--repeats", type=int, default=None, help="timed steps per variant")
+    add("--budget-s", type=float, default=None, help="timing budget per process")
+    add("--timeout", type=float, default=900.0, help="per worker process")
+    add("--processes", type=int, default=2, help="jax.distributed run; 0 or 1 = skip")
+    add("--link-gbps", type=float, default=100.0, help="intra-host link GB/s (NVLink-class)")
+    add("--cross-host-gbps", type=float, default=25.0, help="cross-host link GB/s")
+    add("--device-gflops", type=float, default=None, help="per-device rate (default: measured)")
 
 
-def _sequence_loss(model: Any, batch: dict[str, Any], rng: Any) -> tuple[Any, dict[str, Any]]:
-    """The lm experiment's loss on inputs and targets given apart: both ``[B, T]``, so each
-    splits evenly over the sequence devices (``lm.loss_fn`` shifts one ``[B, T + 1]`` array)."""
+def cases(args: argparse.Namespace, rows: list[Row]) -> Iterator[Row]:
+    counts, variants, context, repeats, budget = SWEEPS[args.mode]
+    counts = tuple(int(p) for p in args.devices.split(",")) if args.devices else counts
+    variants = tuple(args.variants.split(",")) if args.variants else variants
+    if unknown := set(variants) - set(VARIANTS):
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+    gflops, source = args.device_gflops, "--device-gflops"
+    if gflops is None:
+        yield {"name": "single-core matmul", "matmul": 1024, "timeout_s": 300}
+        gflops = next((r["gflops"] for r in rows if "gflops" in r), None)
+        gflops, source = (gflops, "measured") if gflops else (50.0, "assumed: not measured")
+    spec = {k: getattr(args, k) for k in ("preset", "batch", "sp_batch", "link_gbps",
+                                          "cross_host_gbps")}  # fmt: skip
+    spec |= {"in_process": True,  # the driver only starts the workers, with their device count
+             "context": args.context or context, "repeats": args.repeats or repeats,
+             "budget_s": args.budget_s or budget, "timeout_s": args.timeout,
+             "device_gflops": [gflops, source]}  # fmt: skip
+    for P in counts:
+        # On one device the zigzag order is the natural one: nothing for permute to do.
+        chosen = [v for v in variants if not (P == 1 and v == "sp/zigzag+permute")]
+        yield {**spec, "name": f"P{P}", "devices": P, "processes": 1, "variants": chosen}
+    n, dp = args.processes, [v for v in variants if v.startswith("dp/")]
+    if n > 1 and dp:
+        yield {**spec, "name": f"P{2 * n} {n} processes", "devices": 2 * n, "processes": n,
+               "variants": dp}  # fmt: skip
+
+
+def measure(case: Row) -> Row | list[Row]:
+    """One device count in one worker process, or several joined by ``jax.distributed``."""
+    if "matmul" in case:  # one emulated device's rate: this fresh process pinned to one CPU
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        rates = harness.dense_matmul({"n": case["matmul"]})
+        cpus = sorted(os.sched_getaffinity(0))
+        return {"n": case["matmul"], "cpus": cpus, "gflops": rates["jnp.dot"]}
+    n, flags = case["processes"], os.environ.get("XLA_FLAGS", "").split()
+    count = f"--xla_force_host_platform_device_count={case['devices'] // n}"
+    env = {"XLA_FLAGS": " ".join([*(f for f in flags if "device_count=" not in f), count])}
+    specs = [case]
+    if n > 1:
+        with socket.socket() as s:  # a free port for the coordinator
+            s.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{s.getsockname()[1]}"
+        specs = [{**case, "coordinator": address, "process_id": i} for i in range(n)]
+    spawn = functools.partial(harness.spawn, "benchmarks.devices:worker", timeout=case["timeout_s"])
+    with ThreadPoolExecutor(n) as pool:
+        runs = list(pool.map(lambda spec: spawn(spec, env=env), specs))
+    where = {"devices": case["devices"], "processes": n}
+    if errors := [r["error"] for r in runs if "error" in r]:
+        return {**where, "variant": "all", "error": " / ".join(errors)[:400]}
+    rows = []
+    facts = {k: v for k, v in runs[0].items() if k != "variants"}
+    for variant, r in runs[0]["variants"].items():
+        rows.append(row := {**where, **facts, "variant": variant, **r})
+        if n > 1 and "median_s" in r:
+            keys = ("median_s", "first_loss")
+            row["per_process"] = [{k: p["variants"][variant][k] for k in keys} for p in runs]
+            # The step is synchronous: it takes as long as the slower process.
+            row["median_s"] = max(p["median_s"] for p in row["per_process"])
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Inside a worker process: one device count, every variant.
+
+
+def _sequence_loss(model: Any, batch: Row, rng: Any) -> tuple[Any, Row]:
+    """The lm loss on inputs and targets given apart, both ``[B, T]``, so each splits evenly
+    over the sequence devices (``lm.loss_fn`` shifts one ``[B, T + 1]`` array)."""
     import jax.numpy as jnp
 
     from experiments.losses import masked_cross_entropy
@@ -71,490 +137,284 @@ def _sequence_loss(model: Any, batch: dict[str, Any], rng: Any) -> tuple[Any, di
     return total / jnp.maximum(count, 1), {}
 
 
-class _Step:
-    """One runner training step on a mesh, compiled ahead of time; each call runs one step."""
-
-    def __init__(
-        self, model: Any, loss_fn: Any, train: Any, mesh: Any, rule: str, batch: Any
-    ) -> None:
-        import functools
-
-        import jax
-        from flax import nnx
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
-
-        from experiments import parallel
-        from experiments.runner import make_optimizer, train_step
-
-        # As experiments.runner.train builds it.
-        # nnx.split's type is variadic (a State per filter); two filters give exactly three.
-        parts: tuple[Any, ...] = nnx.split(model, nnx.Param, ...)
-        graphdef, params, rest = parts
-        self.params = parallel.place(params, mesh, rule)
-        optimizer = make_optimizer(train)
-        self.opt_state = parallel.place(optimizer.init(self.params), mesh, rule)
-        fn = jax.jit(
-            functools.partial(
-                train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
-            ),
-            donate_argnums=(0, 1),
-            out_shardings=(
-                parallel.shardings(self.params),
-                parallel.shardings(self.opt_state),
-                NamedSharding(mesh, P()),
-            ),
-        )
-        self.batch = batch
-        # No dropout in these presets: one key, made replicated on every device of every
-        # process (a host value cannot be put on another process's devices), serves every step.
-        self.rng = jax.jit(
-            lambda: jax.random.fold_in(jax.random.key(train.seed), 0),
-            out_shardings=NamedSharding(mesh, P()),
-        )()
-        start = time.perf_counter()
-        lowered = fn.lower(self.params, self.opt_state, batch, self.rng)
-        lowered_at = time.perf_counter()
-        self.compiled = lowered.compile()
-        self.lower_s, self.compile_s = lowered_at - start, time.perf_counter() - lowered_at
-
-    def __call__(self) -> Any:
-        import jax
-
-        self.params, self.opt_state, metrics = self.compiled(
-            self.params, self.opt_state, self.batch, self.rng
-        )
-        return jax.block_until_ready((self.params, self.opt_state, metrics))[2]
-
-
-def _lm_setup(preset: str, context: int | None) -> tuple[Any, Any, int]:
-    import dataclasses as dc
-
-    from benchmarks.train_steps import lm_config
-
-    model, train, preset_context = lm_config(preset)
-    if context is not None:
-        model = dc.replace(model, max_length=max(model.max_length, context))
-    return model, train, context or preset_context
-
-
-def _build(variant: str, spec: dict[str, Any]) -> tuple[_Step, dict[str, Any]]:
-    """The step of ``variant`` and what it computes (tokens, FLOPs, parameters)."""
-    import functools
+def _build(variant: str, spec: Row) -> tuple[Callable[[], Any], str, Row]:
+    """``variant``'s step as ``experiments.runner.train`` builds it, compiled ahead of time:
+    (a call running one step, its HLO text, what it computes and its compile seconds)."""
+    import dataclasses
 
     import jax
     import numpy as np
     from flax import nnx
     from jax.sharding import AxisType, Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from jax.sharding import PartitionSpec as PS
 
-    from benchmarks.train_steps import _tokens, lm_flops_per_token
+    from benchmarks.train_steps import lm_config, lm_flops_per_token
     from experiments import parallel
+    from experiments.runner import make_optimizer, train_step
     from experiments.tasks import lm
     from zoo.kernels.ring import ring_attention, ring_permutation
     from zoo.models.transformer import TransformerLM, count_parameters
 
-    rng = np.random.default_rng(0)
+    config, train, context = lm_config(spec["preset"])
+    P = jax.device_count()
     if variant.startswith("dp/"):
-        config, train, context = _lm_setup(spec["preset"], None)
-        batch_size = spec["batch"]
-        mesh = parallel.make_mesh(0)  # every device (of every process)
-        tokens = _tokens(rng, (batch_size, context + 1), config.vocab_size)
-        local = batch_size // jax.process_count()
-        start = jax.process_index() * local
-        batch = parallel.place_batch({"tokens": tokens[start : start + local]}, mesh)
-        model = TransformerLM(config, rngs=nnx.Rngs(train.seed))
-        parameters = count_parameters(model)  # before the step donates its arrays
-        step = _Step(model, lm.loss_fn, train, mesh, variant.split("/")[1], batch)
-        ring_kv_bytes = None
+        B, loss_fn, kernel = spec["batch"], lm.loss_fn, None
+        mesh = parallel.make_mesh(0)  # every device of every process
+        place = functools.partial(parallel.place, mesh=mesh, rule=variant[3:])
     else:
-        config, train, context = _lm_setup(spec["preset"], spec["context"])
-        batch_size = spec["sp_batch"]
-        devices = jax.device_count()
+        B, loss_fn, context = spec["sp_batch"], _sequence_loss, spec["context"]
+        config = dataclasses.replace(config, max_length=max(config.max_length, context))
         mesh = Mesh(np.asarray(jax.devices()), ("seq",), axis_types=(AxisType.Auto,))
+        # Parameters replicated (parallel.place knows the data axis only).
+        place = functools.partial(jax.device_put, device=NamedSharding(mesh, PS()))
         layout: Literal["contiguous", "zigzag"] = (
             "contiguous" if variant == "sp/contiguous" else "zigzag"
         )
-        permute = variant == "sp/zigzag+permute"
-        kernel = functools.partial(
-            ring_attention, mesh=mesh, axis_name="seq", layout=layout, permute=permute
-        )
-        tokens = _tokens(rng, (batch_size, context + 1), config.vocab_size)
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        if variant == "sp/zigzag":
-            # Tokens in zigzag order from the start, so no layer reshuffles them. The model
-            # embeds slot i with position row i instead of row perm[i]: the learned table's
-            # rows relabelled, the same computation and communication.
-            perm = ring_permutation(context, devices, "zigzag")
-            inputs, targets = inputs[:, perm], targets[:, perm]
-        sharding = NamedSharding(mesh, P(None, "seq"))
-        batch = {
-            "inputs": jax.device_put(inputs, sharding),
-            "targets": jax.device_put(targets, sharding),
-        }
-        model = TransformerLM(config, kernel=kernel, rngs=nnx.Rngs(train.seed))
-        parameters = count_parameters(model)
-        step = _Step(model, _sequence_loss, train, mesh, "replicate", batch)
-        # The ring's own traffic (Liu et al. 2023): in each layer P - 1 hops of the K and V
-        # blocks forward; P - 1 hops of K, V and their gradients backward, then the
-        # gradients' last hop home. Each block is [B, T / P, K, H] float32.
-        block = batch_size * context // devices * (config.num_kv_heads or config.num_heads)
-        block *= config.head_dim * 4
-        hops = 6 * (devices - 1) + 2 if devices > 1 else 0
-        ring_kv_bytes = config.num_layers * block * hops
-    info = {
-        "context": context,
-        "batch": batch_size,
-        "tokens": batch_size * context,
-        "parameters": parameters,
-        "gradient_bytes": 4 * parameters,  # float32
-        "flops": batch_size * context * lm_flops_per_token(config, context),
-    }
-    if ring_kv_bytes is not None:
-        info["ring_kv_bytes"] = ring_kv_bytes
-    return step, info
-
-
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build, compile and time every variant of ``spec`` on this process's devices."""
-    import jax
-
-    from benchmarks.timing import Samples, race, time_call
-
-    devices = jax.device_count()
-    result: dict[str, Any] = {
-        "devices": devices,
-        "processes": jax.process_count(),
-        "local_devices": jax.local_device_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "variants": {},
-    }
-    runs = {}
-    for variant in spec["variants"]:
-        try:
-            step, info = _build(variant, spec)
-        except Exception as e:  # one variant that cannot be built must not lose the others
-            result["variants"][variant] = {"error": f"{type(e).__name__}: {e}"[:400]}
-            continue
-        text = step.compiled.as_text() or ""
-        start = time.perf_counter()
-        loss = float(step()["loss"])
-        first_s = time.perf_counter() - start
-        result["variants"][variant] = {
-            **info,
-            "lower_s": step.lower_s,
-            "compile_s": step.compile_s,
-            "first_call_s": first_s,
-            "first_loss": loss,
-            "collectives": summarize(parse_collectives(text, devices)),
-        }
-        runs[variant] = step
-    if not runs:
-        return result
-    if jax.process_count() > 1:
-        # Every process must run the same steps (they are collective): a fixed count, in
-        # the same order, rather than race()'s stop-when-clean.
-        samples = {name: Samples() for name in runs}
-        for _ in range(spec["repeats"]):
-            for name, run in runs.items():
-                seconds, contention = time_call(run)
-                samples[name].seconds.append(seconds)
-                samples[name].contention.append(contention)
+        kernel = functools.partial(ring_attention, mesh=mesh, axis_name="seq", layout=layout,
+                                   permute=variant == "sp/zigzag+permute")  # fmt: skip
+    # Ids 0-3 are PAD, BOS, EOS, UNK in every tokenizer of the zoo: real tokens only.
+    tokens = np.random.default_rng(0).integers(4, config.vocab_size, (B, context + 1), np.int32)
+    if kernel is None:
+        local = B // jax.process_count()
+        mine = tokens[jax.process_index() * local :][:local]
+        batch = parallel.place_batch({"tokens": mine}, mesh)
     else:
-        samples = race(runs, repeats=spec["repeats"], budget_s=spec["budget_s"], threshold=CLEAN)
-    for name, s in samples.items():
-        result["variants"][name].update(s.summary(CLEAN))
-    return result
-
-
-def matmul_worker(n: int = 1024) -> dict[str, Any]:
-    """Dense float32 ``[n, n]`` matmul GFLOP/s of ``jnp.dot`` on one core (this process is
-    pinned to one CPU before JAX starts): the compute rate of one emulated device."""
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from benchmarks.timing import race
-
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-    dot = jax.jit(jnp.dot).lower(x, x).compile()
-
-    def run() -> None:
-        jax.block_until_ready(dot(x, x))
-
-    run()
-    summary = race({"dot": run}, repeats=7, budget_s=20.0, threshold=CLEAN)["dot"].summary(CLEAN)
-    return {
-        "n": n,
-        "cpus": sorted(os.sched_getaffinity(0)),
-        "gflops": 2 * n**3 / summary["median_s"] / 1e9,
-        **summary,
-    }
-
-
-def _with_device_count(flags: str, devices: int) -> str:
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", flags).strip()
-    return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-
-
-def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
-    # Before JAX creates its CPU client: the device count is fixed then.
-    os.environ["XLA_FLAGS"] = _with_device_count(
-        os.environ.get("XLA_FLAGS", ""), spec["local_devices"]
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if variant == "sp/zigzag":  # in zigzag order from the start: no layer reshuffles them
+            perm = ring_permutation(context, P, "zigzag")
+            inputs, targets = inputs[:, perm], targets[:, perm]
+        split = NamedSharding(mesh, PS(None, "seq"))
+        batch = {"inputs": jax.device_put(inputs, split), "targets": jax.device_put(targets, split)}
+    model = TransformerLM(config, kernel=kernel, rngs=nnx.Rngs(train.seed))
+    parameters = count_parameters(model)  # before the step donates its arrays
+    parts: tuple[Any, ...] = nnx.split(model, nnx.Param, ...)  # a State per filter: three
+    graphdef, params, rest = parts
+    optimizer = make_optimizer(train)
+    params = place(params)
+    state = [params, place(optimizer.init(params))]
+    step = functools.partial(train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn,
+                             optimizer=optimizer)  # fmt: skip
+    replicated = NamedSharding(mesh, PS())
+    shardings = (*(parallel.shardings(s) for s in state), replicated)
+    # No dropout in these presets: one key, made replicated on every device of every process
+    # (a host value cannot be put on another process's devices), serves every step.
+    key = jax.jit(lambda: jax.random.fold_in(jax.random.key(train.seed), 0),
+                  out_shardings=replicated)()  # fmt: skip
+    start = time.perf_counter()
+    lowered = jax.jit(step, donate_argnums=(0, 1), out_shardings=shardings).lower(
+        *state, batch, key
     )
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+
+    def run() -> Any:
+        state[0], state[1], metrics = compiled(*state, batch, key)
+        return jax.block_until_ready((state, metrics))[1]
+
+    info = {"context": context, "batch": B, "tokens": B * context, "parameters": parameters,
+            "gradient_bytes": 4 * parameters, "lower_s": lowered_at - start,
+            "compile_s": time.perf_counter() - lowered_at,
+            "flops": B * context * lm_flops_per_token(config, context)}  # fmt: skip
+    if P > 1:  # plain data parallelism's ring all-reduce of every float32 gradient
+        info["ring_allreduce_of_gradients_bytes"] = 2 * (P - 1) / P * info["gradient_bytes"]
+    if kernel is not None:
+        # The ring's own traffic (Liu et al. 2023): per layer P - 1 hops of the K and V blocks
+        # forward, P - 1 of K, V and their gradients backward, then the gradients' last hop
+        # home. Each block is [B, T / P, K, H] float32.
+        block = B * context // P * (config.num_kv_heads or config.num_heads) * config.head_dim * 4
+        info["ring_kv_bytes"] = config.num_layers * block * (6 * (P - 1) + 2 if P > 1 else 0)
+    return run, compiled.as_text() or "", info
+
+
+def worker(spec: Row) -> Row:
+    """Build, compile and time every variant of ``spec`` on this process's devices."""
     import jax
 
     if spec.get("coordinator"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         # Short timeouts: a missing peer should fail the case, not hang it for minutes.
         jax.distributed.initialize(
-            spec["coordinator"],
-            num_processes=spec["num_processes"],
-            process_id=spec["process_id"],
-            initialization_timeout=120,
-            heartbeat_timeout_seconds=60,
-            shutdown_timeout_seconds=60,
-        )
-    result = worker(spec)
-    result["process_id"] = jax.process_index()
-    if spec.get("coordinator"):
-        jax.distributed.shutdown()
-    return result
-
-
-# --------------------------------------------------------------------------------------------
-# Driver side.
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn_processes(spec: dict[str, Any], processes: int, timeout: float) -> list[dict[str, Any]]:
-    """``processes`` workers joined by ``jax.distributed`` on 127.0.0.1; each one's JSON."""
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.devices",
-                "--worker",
-                json.dumps(
-                    {**spec, "coordinator": address, "num_processes": processes, "process_id": i}
-                ),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(processes)
-    ]
-    deadline = time.monotonic() + timeout
-    results = []
-    for proc in procs:
+            spec["coordinator"], num_processes=spec["processes"], process_id=spec["process_id"],
+            initialization_timeout=120, heartbeat_timeout_seconds=60, shutdown_timeout_seconds=60,
+        )  # fmt: skip
+    P = jax.device_count()
+    variants: dict[str, Row] = {}
+    runs: dict[str, Callable[[], Any]] = {}
+    for variant in spec["variants"]:
         try:
-            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            return [{"error": f"timed out after {timeout:.0f} s"}]
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            tail = " | ".join(err.strip().splitlines()[-3:])[-400:]
-            results.append({"error": f"process exited with {proc.returncode}: {tail}"})
-        else:
-            results.append(json.loads(lines[-1]))
-    return results
-
-
-def _add_projections(run: dict[str, Any], settings: dict[str, Any]) -> None:
-    for r in run.get("variants", {}).values():
-        if "collectives" not in r:
+            run, hlo, info = _build(variant, spec)
+        except Exception as e:  # one variant that cannot be built must not lose the others
+            variants[variant] = {"error": f"{type(e).__name__}: {e}"[:400]}
             continue
-        sent, devices = r["collectives"]["sent_bytes"], run["devices"]
-        links = {"link": settings["link_gbps"], "cross_host": settings["cross_host_gbps"]}
-        r["projection"] = {
-            name: project(
-                sent,
-                r["flops"],
-                devices,
-                link_gbps=gbps,
-                device_gflops=settings["device_gflops"],
-            )
-            for name, gbps in links.items()
-        }
-        if r.get("gradient_bytes") and devices > 1:
-            # Plain data parallelism's all-reduce of every gradient (ring): the yardstick.
-            r["ring_allreduce_of_gradients_bytes"] = (
-                2 * (devices - 1) / devices * r["gradient_bytes"]
-            )
+        start = time.perf_counter()
+        loss = float(run()["loss"])
+        info |= {"first_call_s": time.perf_counter() - start, "first_loss": loss}
+        variants[variant] = info | {"collectives": summarize(parse_collectives(hlo, P))}
+        runs[variant] = run
+    if jax.process_count() > 1:
+        # Every process must run the same steps (they are collective): a fixed count, in the
+        # same order, rather than race()'s stop-when-clean.
+        samples = {name: harness.Samples() for name in runs}
+        for _ in range(spec["repeats"]):
+            for name, run in runs.items():
+                seconds, contention = harness.time_call(run)
+                samples[name].seconds.append(seconds)
+                samples[name].contention.append(contention)
+        jax.distributed.shutdown()
+    else:
+        samples = harness.race(runs, repeats=spec["repeats"], budget_s=spec["budget_s"])
+    for name, s in samples.items():
+        variants[name].update(s.summary())
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {"devices": P, "local_devices": jax.local_device_count(), "xla_flags": flags,
+            "variants": variants}  # fmt: skip
 
 
-def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    default_devices, default_variants, default_context, default_repeats, budget = MODES[args.mode]
-    device_counts = _ints(args.devices) if args.devices else default_devices
-    variants = tuple(args.variants.split(",")) if args.variants else default_variants
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    matmul = None
-    if args.device_gflops is None:
-        print("single-core matmul rate ...", flush=True)
-        matmul = spawn("benchmarks.devices", ["--worker-matmul"], timeout=300)
-    gflops = args.device_gflops or (matmul or {}).get("gflops")
-    source = "--device-gflops" if args.device_gflops else "measured"
-    if not gflops:
-        gflops, source = 50.0, "assumed: the measurement failed"
-    settings = {
-        "preset": args.preset,
-        "dp_batch": args.batch,
-        "sp_context": args.context or default_context,
-        "sp_batch": args.sp_batch,
-        "repeats": args.repeats or default_repeats,
-        "link_gbps": args.link_gbps,
-        "cross_host_gbps": args.cross_host_gbps,
-        "device_gflops": gflops,
-        "device_gflops_source": source,
+# --------------------------------------------------------------------------------------
+# Reading the rows.
+
+
+def _where(r: Row) -> str:
+    return f"{r['devices']} ({r['processes']} proc.)" if r["processes"] > 1 else str(r["devices"])
+
+
+def _mib(x: float | None) -> str | None:
+    return None if x is None else f"{x / 2**20:.2f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _read(rows: list[Row]) -> list[Row]:
+    """The measured rows, each with its bytes against the yardsticks (the gradient all-reduce,
+    the ring's K/V traffic, sp/zigzag's bytes at the same P), its step time against one
+    device's and its projection onto the links of its case (``collectives.project``)."""
+    done = [r for r in rows if "collectives" in r]
+    one = {r["variant"]: r.get("median_s") for r in done if r["devices"] == 1}
+    zigzag = {
+        r["devices"]: r["collectives"]["sent_bytes"]
+        for r in done
+        if r["variant"] == "sp/zigzag" and r["devices"] > 1 and r["processes"] == 1
     }
-    results: dict[str, Any] = {
-        "machine": machine_info(),
-        "mode": args.mode,
-        "settings": settings,
-        "matmul_single_core": matmul,
-        "flops_formula": FLOPS_FORMULA,
-        "runs": [],
-    }
-    spec = {
-        "preset": args.preset,
-        "batch": args.batch,
-        "context": settings["sp_context"],
-        "sp_batch": args.sp_batch,
-        "repeats": settings["repeats"],
-        "budget_s": args.budget_s or budget,
-    }
-    for P in device_counts:
-        # On one device the zigzag order is the natural one: nothing for permute to do.
-        chosen = [v for v in variants if not (P == 1 and v == "sp/zigzag+permute")]
-        print(f"P = {P}: {', '.join(chosen)}", flush=True)
-        run = spawn(
-            "benchmarks.devices",
-            ["--worker", json.dumps({**spec, "variants": chosen, "local_devices": P})],
-            timeout=args.timeout,
+    out = []
+    for r in done:
+        sent, case, ring = r["collectives"]["sent_bytes"], r["case"], r.get("ring_kv_bytes")
+        grads = r.get("ring_allreduce_of_gradients_bytes")
+        permutes = r["collectives"]["by_op"].get("collective-permute", {}).get("sent_bytes", 0.0)
+        at = functools.partial(
+            project, sent, r["flops"], r["devices"], device_gflops=case["device_gflops"][0]
         )
-        run.setdefault("devices", P)
-        run.setdefault("processes", 1)
-        _add_projections(run, settings)
-        _print_run(run)
-        results["runs"].append(run)
-        _save(results, out)
-    if args.processes > 1:
-        dp = [v for v in variants if v.startswith("dp/")]
-        print(f"{args.processes} processes x 2 devices (jax.distributed): {', '.join(dp)}")
-        procs = _spawn_processes(
-            {**spec, "variants": dp, "local_devices": 2}, args.processes, args.timeout
-        )
-        run = dict(procs[0])
-        run["per_process"] = [
-            {k: v for k, v in p.items() if k != "variants"}
+        links = {k: at(link_gbps=case[k]) for k in ("link_gbps", "cross_host_gbps")}
+        # permuting in every layer (or none) against zigzag order once
+        alone = r["processes"] == 1 and r["variant"] in ("sp/zigzag+permute", "sp/contiguous")
+        many = r["devices"] > 1
+        out.append(
+            r
             | {
-                "median_s": {n: r.get("median_s") for n, r in p.get("variants", {}).items()},
-                "first_loss": {n: r.get("first_loss") for n, r in p.get("variants", {}).items()},
+                "links": links,
+                "vs": {
+                    "gradients": _ratio(sent, grads),
+                    "ring": _ratio(permutes, ring),
+                    "rest": _ratio(sent - permutes, grads) if ring is not None else None,
+                    "zigzag": _ratio(sent, zigzag.get(r["devices"])) if alone else None,
+                    "one": _ratio(r.get("median_s"), one.get(r["variant"])) if many else None,
+                },
             }
-            for p in procs
-        ]
-        run.setdefault("devices", 2 * args.processes)
-        run.setdefault("processes", args.processes)
-        # The step is synchronous: it takes as long as the slower process.
-        for name, r in run.get("variants", {}).items():
-            times = [p.get("median_s", {}).get(name) for p in run["per_process"]]
-            if all(t is not None for t in times):
-                r["median_s"] = max(times)
-        _add_projections(run, settings)
-        _print_run(run)
-        results["distributed"] = run
-    results["elapsed_s"] = time.time() - started
-    _save(results, out)
-    print(f"wrote {out}/results.json, results.md, devices.png", flush=True)
-    return results
-
-
-def _print_run(run: dict[str, Any]) -> None:
-    if "error" in run:
-        print("   error:", run["error"], flush=True)
-    for name, r in run.get("variants", {}).items():
-        if "error" in r:
-            print(f"   {name:18s} error: {r['error']}", flush=True)
-            continue
-        median = r.get("median_s")
-        print(
-            f"   {name:18s} "
-            + (f"{median * 1e3:8.1f} ms  " if median else "")
-            + f"compile {r['compile_s']:5.1f} s  "
-            f"sent {r['collectives']['sent_bytes'] / 2**20:8.2f} MiB/device/step  "
-            f"loss {r['first_loss']:.4f}",
-            flush=True,
         )
+    return out  # fmt: skip
 
 
-def _save(results: dict[str, Any], out: Path) -> None:
-    from benchmarks.devices_report import markdown, plot
-
-    save_results(out, results, markdown(results), lambda: plot(results, out / "devices.png"))
+def _vs(key: str, fmt: str) -> Callable[[Row], str | None]:
+    return lambda r: None if r["vs"][key] is None else fmt.format(r["vs"][key])
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(","))
+def _links(f: Callable[[Row, Row], float], fmt: str) -> Callable[[Row], str]:
+    """``link / cross-host`` values of a row's projection."""
+    return lambda r: " / ".join(fmt.format(f(r, r["links"][k])) for k in r["links"])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=tuple(MODES), default="quick")
-    parser.add_argument("--out", default=None, help="default benchmarks/results/devices/<mode>")
-    parser.add_argument("--devices", default=None, help="comma-separated device counts")
-    parser.add_argument(
-        "--variants", default=None, help="comma-separated subset of " + ",".join(VARIANTS)
-    )
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "smoke"), help="LM shape")
-    parser.add_argument("--batch", type=int, default=16, help="data-parallel global batch")
-    parser.add_argument("--context", type=int, default=None, help="sequence-parallel context")
-    parser.add_argument("--sp-batch", type=int, default=1, help="sequence-parallel batch")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per variant")
-    parser.add_argument("--budget-s", type=float, default=None, help="timing budget per process")
-    parser.add_argument("--timeout", type=float, default=900.0, help="per worker process")
-    parser.add_argument(
-        "--processes", type=int, default=2, help="jax.distributed run; 0 or 1 = skip"
-    )
-    parser.add_argument("--link-gbps", type=float, default=100.0, help="intra-host link GB/s")
-    parser.add_argument("--cross-host-gbps", type=float, default=25.0, help="cross-host GB/s")
-    parser.add_argument(
-        "--device-gflops", type=float, default=None, help="per-device rate (default: measured)"
-    )
-    parser.add_argument(
-        "--report", action="store_true", help="rewrite results.md and the PNG from results.json"
-    )
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-matmul", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(_worker_main(json.loads(args.worker))), flush=True)
-        return None
-    if args.worker_matmul:
-        print(json.dumps(matmul_worker()), flush=True)
-        return None
-    args.out = args.out or f"benchmarks/results/devices/{args.mode}"
-    if args.report:
-        results = json.loads((Path(args.out) / "results.json").read_text())
-        _save(results, Path(args.out))
-        return results
-    return run_sweep(args)
+def _sent(op: str) -> Callable[[Row], str]:
+    def cell(r: Row) -> str:
+        e = r["collectives"]["by_op"].get(op)
+        return f"{_mib(e['sent_bytes'])} [{e['launches']}]" if e else "-"
+
+    return cell
+
+
+_P, _VARIANT = Column("P", _where), Column("variant", lambda r: r["variant"])
+TABLES = (
+    Table("Step time and bytes sent", [
+        _P, _VARIANT,
+        Column("batch x T", lambda r: f"{r['batch']} x {r['context']}"),
+        Column("step ms", lambda r: r.get("median_s") and
+               f"{r['median_s'] * 1e3:.1f}{harness.star(r)}"),
+        Column("compile s", lambda r: r["compile_s"], "{:.1f}"),
+        Column("first loss", lambda r: r["first_loss"], "{:.4f}"),
+        Column("sent MiB/device/step", lambda r: _mib(r["collectives"]["sent_bytes"])),
+        Column("launches", lambda r: r["collectives"]["launches"]),
+        Column("2(P-1)/P x gradient MiB",
+               lambda r: _mib(r.get("ring_allreduce_of_gradients_bytes"))),
+        Column("sent / that", _vs("gradients", "{:.3f}x")),
+        Column("step / 1 device's", _vs("one", "{:.2f}x")),
+    ], _read,
+        "`2(P-1)/P x gradient`: the ring all-reduce of every float32 gradient, what plain data "
+        "parallelism must send (ZeRO-3 would send 1.5x). `step / 1 device's`: the same work."),
+    Table("Bytes sent per device per step, by collective", [
+        _P, _VARIANT, *(Column(op, _sent(op)) for op in COLLECTIVES),
+        Column("in while loops", lambda r: f"{r['collectives']['in_loops_bytes'] / 2**20:.2f}" + (
+            " (unknown trip counts!)" if r["collectives"]["unknown_trip_counts"] else "")),
+        Column("collective-permute / ring K/V", _vs("ring", "{:.3f}x")),
+        Column("the rest / gradient all-reduce", _vs("rest", "{:.2f}x")),
+        Column("sent / sp/zigzag's", _vs("zigzag", "{:.1f}x")),
+    ], _read,
+        "MiB [launches]. Ring K/V: 6(P-1) + 2 blocks of [B, T/P, K, H] float32 per layer; above "
+        "1, int32 positions travel with them; below 1, XLA sends a block once where the program "
+        "names it twice (P = 2: loops unrolled, the backward's first hop is the forward's)."),
+    Table("Projection onto real links", [
+        _P, _VARIANT,
+        Column("link / cross-host GB/s", lambda r: "{link_gbps:g} / {cross_host_gbps:g}".format(
+            **r["case"])),
+        Column("comm ms", _links(lambda r, p: 1e3 * p["comm_s"], "{:.3f}")),
+        Column("compute ms", lambda r: 1e3 * r["links"]["link_gbps"]["compute_s"], "{:.2f}"),
+        Column("at GFLOP/s per device",
+               lambda r: "{:.0f} ({})".format(*r["case"]["device_gflops"])),
+        Column("comm / compute", _links(lambda r, p: p["comm_over_compute"], "{:.3f}")),
+        Column("break-even TFLOP/s", _links(
+            lambda r, p: r["flops"] / r["devices"] / p["comm_s"] / 1e12, "{:.1f}")),
+    ], lambda rows: [r for r in _read(rows) if r["collectives"]["sent_bytes"]],
+        "Comm = bytes / link bandwidth (NVLink-class, then cross-host); compute = FLOPs (6 x "
+        "(parameters - position table) + 12 L D T per token) / P at a single-core `jnp.dot` "
+        "rate of the run (or `--device-gflops`); no latency, no overlap. Break-even: the device "
+        "rate at which compute takes as long as comm: a faster device is comm-bound here."),
+    Table("Failed", [_P, _VARIANT, Column("error", lambda r: r["error"][:200])],
+          lambda rows: [r for r in rows if "error" in r and "variant" in r]),
+)  # fmt: skip
+
+
+def _points(row: Row) -> Iterator[tuple[str, str, float, float]]:
+    if "collectives" not in row:
+        return
+    (row,) = _read([row])
+    P, sent = row["devices"], row["collectives"]["sent_bytes"] / 2**20
+    series = row["variant"] + (f" ({row['processes']} processes)" if row["processes"] > 1 else "")
+    if "median_s" in row:
+        yield "median step ms, emulated devices on shared cores", series, P, 1e3 * row["median_s"]
+    if sent > 0:  # log axes: one device sends nothing
+        yield "MiB each device sends per step (compiled HLO)", series, P, sent
+        if row["variant"] == "dp/replicate" and row["processes"] == 1:
+            grads = row["ring_allreduce_of_gradients_bytes"] / 2**20
+            yield "MiB each device sends per step (compiled HLO)", "2(P-1)/P x gradients", P, grads
+        ratio = row["links"]["link_gbps"]["comm_over_compute"]
+        yield "projected comm / compute on the intra-host link", series, P, ratio
+
+
+PLOTS = (Plot("devices.png", _points, "devices P", "ms / MiB / ratio (see the title)"),)
+
+
+def targets(rows: list[Row]) -> list[dict[str, Any]]:
+    return []  # what is sent and what it would cost: a measurement that promises nothing
 
 
 if __name__ == "__main__":
-    main()
+    harness.main("benchmarks.devices")

@@ -3,7 +3,8 @@
 A measurement is one module (``benchmarks/kernels.py``, ``models.py``, ...) that declares
 
 * ``NAME``, ``TITLE``, ``MODES`` (mode -> what it measures, the first the default) and
-  optionally ``add_arguments(parser)`` and ``NOTE`` (the method, in markdown, above its tables);
+  optionally ``add_arguments(parser)``, ``NOTE`` (the method, in markdown, above its tables)
+  and ``ROOFLINE`` (mode -> :func:`dense_matmul`'s options, where its default does not fit);
 * ``cases(args, rows)``: the cases of a run, each a JSON dict with a ``"name"`` (a generator
   may look at the ``rows`` measured so far, e.g. to skip what cannot fit after an OOM);
 * ``measure(case)``: one case, run in a fresh subprocess (``"in_process": True`` in the case
@@ -268,8 +269,11 @@ def dense_matmul(options: Mapping[str, Any]) -> dict[str, float]:
     with contextlib.suppress(ImportError):
         import torch
 
-        tx = torch.from_numpy(x).to(getattr(torch, dtype))
-        runs["torch.matmul"] = lambda: torch.matmul(tx, tx)
+        # On a GPU torch's matmul runs there too, and is waited for (CUDA calls return early).
+        cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
+        tx = torch.from_numpy(x).to("cuda" if cuda else "cpu", getattr(torch, dtype))
+        sync = torch.cuda.synchronize if cuda else lambda: None
+        runs["torch.matmul"] = lambda: (torch.matmul(tx, tx), sync())
     for run in runs.values():
         run()
     timed = race(runs, repeats=7, budget_s=10.0)
@@ -400,13 +404,14 @@ def run(
 ) -> dict[str, Any]:
     """Every case of ``module`` for ``args`` (whose name has ``only``), saved after each."""
     options = {k: v for k, v in vars(args).items() if k != "out"}
+    matmul = getattr(module, "ROOFLINE", {}).get(args.mode, {})
     results: dict[str, Any] = {
         "benchmark": module.NAME,
         "mode": args.mode,
         "options": options,
         "machine": machine_info(),
-        "roofline": {"dense_matmul_gflops": spawn("benchmarks.harness:dense_matmul", {},
-                                                  timeout=300)},
+        "roofline": {"dense_matmul_gflops": spawn("benchmarks.harness:dense_matmul", matmul,
+                                                  timeout=300), **matmul},
         "rows": [],
         "targets": [],
     }  # fmt: skip

@@ -17,7 +17,7 @@ from benchmarks.harness import Column, Plot, Row, Table, Target
 
 NAME, TITLE = "kernels", "Attention kernels"
 MODES = {
-    "quick": "float32 B=1 N=8 H=64, T = 1,024 and 4,096, every peer; memory to 16,384",
+    "quick": "float32 B=1 N=8 H=64, T = 1,024 and 4,096, the targets' peers; memory to 16,384",
     "targets": "the targets' cases: T = 1,024 ... 16,384; blockwise memory at 32,768 and 65,536",
     "full": "T = 256 ... 65,536, bfloat16, batch, heads, head width, grouped-query",
 }
@@ -31,6 +31,8 @@ IMPLEMENTATIONS = (
     "flax.nnx",
     "torch.sdpa",
 )
+# make bench's: the zoo as users call it and the peers its targets name (--impls: any others).
+QUICK = ("zoo.auto", "tokamax.xla_chunked", "jax.nn", "torch.sdpa")
 # These materialize the [B, N, T, S] scores (with gradients, several arrays of that size).
 MATERIALIZING = ("zoo.reference", "tokamax.xla", "jax.nn", "flax.nnx")
 ZOO, SHAPE = "zoo.auto", {"B": 1, "N": 8, "K": 8, "H": 64, "dtype": "float32"}
@@ -59,8 +61,10 @@ def flops(c: Row) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS), help="comma-separated")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per implementation")
+    parser.add_argument("--impls", default=None, help="comma-separated (default: quick mode "
+                        f"{','.join(QUICK)}, else all: {','.join(IMPLEMENTATIONS)})")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per implementation (default: quick 3, else 5)")
     parser.add_argument("--memory-limit-gib", type=float, default=6.0,
                         help="skip materializing implementations that would need more")  # fmt: skip
 
@@ -109,12 +113,17 @@ def skipped(c: Row, impl: str, limit_gib: float) -> str | None:
 
 def cases(args: argparse.Namespace, rows: list[Row]) -> Iterator[Row]:
     timed, extra = sweep(args.mode)
-    wanted = args.impls.split(",")
+    every = QUICK if args.mode == "quick" else IMPLEMENTATIONS
+    wanted = args.impls.split(",") if args.impls else list(every)
+    unknown = sorted(set(wanted) - set(IMPLEMENTATIONS))
+    if unknown:
+        raise ValueError(f"--impls: unknown {unknown}; choose from {','.join(IMPLEMENTATIONS)}")
+    repeats = args.repeats or (3 if args.mode == "quick" else 5)
     memory: list[tuple[Row, tuple[str, ...]]] = []
     for c in timed:
         skip = {i: why for i in wanted if (why := skipped(c, i, args.memory_limit_gib))}
         impls = [i for i in wanted if i not in skip]
-        yield {**c, "impls": impls, "skipped": skip, "repeats": args.repeats,
+        yield {**c, "impls": impls, "skipped": skip, "repeats": repeats,
                "timeout_s": 600 + 20 * flops(c) / 20e9 * len(impls)}  # fmt: skip
         if c["pass"] == "fwd+bwd" or args.mode == "full":
             memory += [(c, tuple(impls))]

@@ -1,15 +1,12 @@
 """The zoo's training steps as the runner runs them, on synthetic batches of the presets' shapes.
 
-Each model comes from its experiment's preset (``experiments/tasks``), its loss is the task's
-own ``loss_fn``, and the step is the runner's: ``experiments.runner.train_step`` with
-``make_optimizer``'s optimizer, jitted with the parameters and optimizer state donated, the
-step's key ``fold_in(seed key, step)`` (see ``experiments.runner.train``). Only the data is
-synthetic: random tokens (no padding) and images of the shapes the real data has, every row
-at the longest length (the bucket a real batch fills worst).
-
-:func:`compile_report` times the first call of a jitted step by JAX's own compilation events
-(tracing, lowering to MLIR, XLA's backend compile) and checks that a second call with the same
-shapes compiles nothing.
+Each model is its experiment's preset (``experiments/tasks``) with the task's own ``loss_fn``;
+the step is ``experiments.runner.train_step`` with ``make_optimizer``'s optimizer, jitted with
+parameters and optimizer state donated, keyed ``fold_in(seed key, step)``, as the runner's.
+Only the data is synthetic: random tokens (no padding) and images of the real data's shapes,
+every row at the longest length (the bucket a real batch fills worst). :func:`compile_report`
+times a step's first call by JAX's own compilation events and checks that a second call with
+the same shapes compiles nothing.
 """
 
 import collections
@@ -26,31 +23,19 @@ import numpy as np
 from flax import nnx
 
 from experiments.config import TrainConfig
+from experiments.data.tokenizer import PAD_ID
 from experiments.runner import make_optimizer, train_step
-from zoo.models.transformer import TransformerConfig, count_parameters
+from experiments.tasks import caption, lm, translate
+from zoo.models.rnnsearch import RNNSearch
+from zoo.models.show_attend_tell import ShowAttendTell
+from zoo.models.transformer import TransformerConfig, TransformerLM, count_parameters
 
-__all__ = [
-    "LM_PRESETS",
-    "NO_ATTENTION",
-    "ZooStep",
-    "compile_report",
-    "lm_config",
-    "lm_flops_per_token",
-    "make_zoo_step",
-    "values_only",
-]
-
-# The LM configurations: the lm experiment's tiny preset, and nanoGPT's shakespeare_char
-# (Karpathy, config/train_shakespeare_char.py): 6 layers, 6 heads, 384 wide, context 256,
-# a 65-character vocabulary. Everything else (pre-LN, GELU, learned positions, tied
-# embeddings, N(0, 0.02) init, no dropout, AdamW) is the tiny preset's; nanoGPT trains
-# shakespeare_char with dropout 0.2, which neither side uses here. "smoke" is for tests.
+# The lm experiment's tiny preset, and nanoGPT's shakespeare_char (config/train_shakespeare_char.py:
+# 6 layers, 6 heads, 384 wide, context 256) with the tiny preset's pre-LN, GELU, learned positions,
+# tied embeddings, N(0, 0.02) init and AdamW, and no dropout (nanoGPT's 0.2). "smoke": tests.
 LM_PRESETS = ("tiny", "shakespeare_char", "smoke")
-# Character vocabulary of both LM configurations (nanoGPT's shakespeare_char has 65).
-VOCAB = 65
-# The LM "kernel" that skips attention (see values_only): what the step costs without it.
-NO_ATTENTION = "none"
-
+VOCAB = 65  # characters, in both LM configurations (nanoGPT's shakespeare_char has 65)
+NO_ATTENTION = "none"  # the LM "kernel" that skips attention (values_only)
 # JAX's compilation events (jax._src.dispatch): one of each per compiled jit call.
 _TRACE = "/jax/core/compile/jaxpr_trace_duration"
 _LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
@@ -59,8 +44,6 @@ _COMPILE = "/jax/core/compile/backend_compile_duration"
 
 def lm_config(preset: str, kernel: str = "reference") -> tuple[TransformerConfig, TrainConfig, int]:
     """(model config, train config, context length T) of an LM configuration."""
-    from experiments.tasks import lm
-
     if preset not in LM_PRESETS:
         raise ValueError(f"LM preset must be one of {LM_PRESETS}, got {preset!r}")
     config = lm.presets("transformer")["smoke" if preset == "smoke" else "tiny"]
@@ -79,7 +62,7 @@ def lm_flops_per_token(model: TransformerConfig, context: int) -> float:
     nanoGPT's ``estimate_mfu``). ``P`` counts the parameters that multiply: all but the learned
     position table (the tied embedding counts once, for the output projection); ``12 L D T`` is
     attention's two matmuls forward and backward, causal masking not discounted."""
-    abstract = nnx.eval_shape(lambda: _lm_model(model))
+    abstract = nnx.eval_shape(lambda: TransformerLM(model, rngs=nnx.Rngs(0)))
     positions = model.max_length * model.model_dim if model.positions == "learned" else 0
     P = count_parameters(abstract) - positions
     return 6.0 * P + 12.0 * model.num_layers * model.model_dim * context
@@ -93,82 +76,45 @@ def values_only(query: jax.Array, key: jax.Array, value: jax.Array, *_, **__) ->
     return jnp.repeat(value, query.shape[2] // value.shape[2], axis=2)
 
 
-def _lm_model(model: TransformerConfig, kernel: Callable | None = None) -> nnx.Module:
-    from zoo.models.transformer import TransformerLM
-
-    return TransformerLM(model, kernel=kernel, rngs=nnx.Rngs(0))
-
-
 def _tokens(rng: np.random.Generator, shape: tuple[int, ...], vocab: int) -> np.ndarray:
     # Ids 0-3 are PAD, BOS, EOS, UNK in every tokenizer of the zoo: real tokens only.
     return rng.integers(4, vocab, shape).astype(np.int32)
 
 
-def _lm(preset: str, kernel: str, batch_size: int) -> dict[str, Any]:
-    from experiments.tasks import lm
-
+def _lm(preset: str, kernel: str, B: int) -> dict[str, Any]:
     skip = kernel == NO_ATTENTION
-    model_config, train, context = lm_config(preset, "reference" if skip else kernel)
-    rng = np.random.default_rng(0)
-    return {
-        "model": _lm_model(model_config, values_only if skip else None),
-        "loss_fn": lm.loss_fn,
-        "train": train,
-        "batch": {"tokens": _tokens(rng, (batch_size, context + 1), VOCAB)},
-        "tokens": batch_size * context,
-        "flops": batch_size * context * lm_flops_per_token(model_config, context),
-    }
+    config, train, T = lm_config(preset, "reference" if skip else kernel)
+    model = TransformerLM(config, kernel=values_only if skip else None, rngs=nnx.Rngs(0))
+    return {"model": model, "loss_fn": lm.loss_fn, "train": train, "tokens": B * T,
+            "batch": {"tokens": _tokens(np.random.default_rng(0), (B, T + 1), VOCAB)},
+            "flops": B * T * lm_flops_per_token(config, T)}  # fmt: skip
 
 
-def _rnnsearch(preset: str, batch_size: int) -> dict[str, Any]:
-    from experiments.data.tokenizer import PAD_ID
-    from experiments.tasks import translate
-    from zoo.models.rnnsearch import RNNSearch
-
+def _rnnsearch(preset: str, B: int) -> dict[str, Any]:
     config = translate.presets("rnnsearch")[preset]
-    model_config = dataclasses.replace(config.model, pad_id=PAD_ID)
+    model = dataclasses.replace(config.model, pad_id=PAD_ID)
     L, rng = config.data.max_length, np.random.default_rng(0)
-    return {
-        "model": RNNSearch(model_config, rngs=nnx.Rngs(config.train.seed)),
-        "loss_fn": functools.partial(
-            translate.loss_fn, label_smoothing=config.train.label_smoothing
-        ),
-        "train": config.train,
-        "batch": {
-            "source": _tokens(rng, (batch_size, L), model_config.source_vocab_size),
-            "target": _tokens(rng, (batch_size, L + 1), model_config.target_vocab_size),
-        },
-        "tokens": batch_size * L,
-        "flops": None,
-    }
+    source, target = model.source_vocab_size, model.target_vocab_size
+    return {"model": RNNSearch(model, rngs=nnx.Rngs(config.train.seed)), "train": config.train,
+            "loss_fn": functools.partial(translate.loss_fn,
+                                         label_smoothing=config.train.label_smoothing),
+            "batch": {"source": _tokens(rng, (B, L), source),
+                      "target": _tokens(rng, (B, L + 1), target)},
+            "tokens": B * L, "flops": None}  # fmt: skip
 
 
-def _sat(preset: str, batch_size: int) -> dict[str, Any]:
-    from experiments.tasks import caption
-    from zoo.models.show_attend_tell import ShowAttendTell
-
+def _sat(preset: str, B: int) -> dict[str, Any]:
     config = caption.presets("sat")[preset]
     # The digit scenes: grey, 64 x 64 (canvas64, smoke) or 96 x 96 (canvas96).
     size, channels = (96 if config.data.name.endswith("canvas96") else 64), 1
-    model_config = dataclasses.replace(
-        config.model, image_channels=channels + 2 * config.data.coordinates
-    )
+    model = dataclasses.replace(config.model, image_channels=channels + 2 * config.data.coordinates)
     T, rng = config.data.max_length, np.random.default_rng(0)
-    return {
-        "model": ShowAttendTell(model_config, rngs=nnx.Rngs(config.train.seed)),
-        "loss_fn": functools.partial(
-            caption.loss_fn,
-            penalty_strength=config.loss.penalty_strength,
-            coordinates=config.data.coordinates,
-        ),
-        "train": config.train,
-        "batch": {
-            "image": rng.random((batch_size, size, size, channels), np.float32),
-            "caption": _tokens(rng, (batch_size, T + 1), model_config.vocab_size),
-        },
-        "tokens": batch_size * T,
-        "flops": None,
-    }
+    return {"model": ShowAttendTell(model, rngs=nnx.Rngs(config.train.seed)), "train": config.train,
+            "loss_fn": functools.partial(caption.loss_fn, coordinates=config.data.coordinates,
+                                         penalty_strength=config.loss.penalty_strength),
+            "batch": {"image": rng.random((B, size, size, channels), np.float32),
+                      "caption": _tokens(rng, (B, T + 1), model.vocab_size)},
+            "tokens": B * T, "flops": None}  # fmt: skip
 
 
 class ZooStep:
@@ -184,12 +130,9 @@ class ZooStep:
         optimizer = make_optimizer(train)
         self.opt_state = optimizer.init(self.params)
         # As experiments.runner.train builds it (one device: no shardings to give).
-        self.fn = jax.jit(
-            functools.partial(
-                train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn, optimizer=optimizer
-            ),
-            donate_argnums=(0, 1),
-        )
+        step = functools.partial(train_step, graphdef=graphdef, rest=rest, loss_fn=loss_fn,
+                                 optimizer=optimizer)  # fmt: skip
+        self.fn = jax.jit(step, donate_argnums=(0, 1))
         self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
         self.key = jax.random.key(train.seed)
         self.step = 0
@@ -204,35 +147,24 @@ class ZooStep:
 
 
 def make_zoo_step(model: str, *, batch_size: int, kernel: str = "reference") -> dict[str, Any]:
-    """``{"step": ZooStep, "model", "parameters", "tokens" and "flops" per step (None when not
-    counted), "train": TrainConfig, "batch": the host batch}``. Read ``model``'s weights before
-    the first step: the step donates them.
-
-    ``model`` is ``<name>/<preset>``: ``lm/tiny``, ``lm/shakespeare_char``, ``rnnsearch/tiny``,
-    ``sat/tiny`` (``/smoke`` for tests); ``kernel`` (LM only) is the attention kernel,
-    "reference" or "blockwise", or ``NO_ATTENTION`` for :func:`values_only`.
-    """
+    """``{"step": ZooStep, "model", "loss_fn", "train", "batch" (on the host), "parameters",
+    "tokens" and "flops" per step (None: not counted)}`` of ``model``, ``<name>/<preset>``
+    (``lm/tiny``, ``lm/shakespeare_char``, ``rnnsearch/tiny``, ``sat/tiny``; ``/smoke`` for
+    tests). ``kernel`` is the LM's attention kernel, or ``NO_ATTENTION`` for :func:`values_only`.
+    Read the model's weights before the first step: it donates them."""
     name, _, preset = model.partition("/")
     if name == "lm":
         parts = _lm(preset, kernel, batch_size)
     elif name not in ("rnnsearch", "sat") or preset not in ("tiny", "smoke", "paper"):
         raise ValueError(
-            f"model must be lm/<{'|'.join(LM_PRESETS)}> or rnnsearch|sat/<tiny|smoke|paper>, "
-            f"got {model!r}"
+            f"model must be lm/<preset> or rnnsearch|sat/<tiny|smoke|paper>: {model!r}"
         )
     elif kernel != "reference":
         raise ValueError(f"{name} has no attention kernel choice (additive attention only)")
     else:
         parts = (_rnnsearch if name == "rnnsearch" else _sat)(preset, batch_size)
-    return {
-        "step": ZooStep(parts["model"], parts["loss_fn"], parts["train"], parts["batch"]),
-        "model": parts["model"],
-        "parameters": count_parameters(parts["model"]),
-        "tokens": parts["tokens"],
-        "flops": parts["flops"],
-        "train": parts["train"],
-        "batch": parts["batch"],
-    }
+    step = ZooStep(parts["model"], parts["loss_fn"], parts["train"], parts["batch"])
+    return {**parts, "step": step, "parameters": count_parameters(parts["model"])}
 
 
 @contextlib.contextmanager
@@ -251,28 +183,19 @@ def _compile_events() -> Iterator[dict[str, list[float]]]:
 
 
 def compile_report(step: ZooStep) -> dict[str, Any]:
-    """Run the step's first two calls: compile times and whether the second recompiled.
-
-    ``trace_s``, ``lower_s``, ``compile_s`` are JAX's own event durations during the first
-    call (``lower_s + compile_s`` is what the first step pays over a warm one, less tracing);
-    ``second_call_compiles`` counts XLA compilations during a second same-shape call (0 when
-    the jit cache hit) and ``cache_size`` the jitted function's cached executables (1).
-    """
+    """The step's first two calls: JAX's own durations of the first call's tracing, lowering
+    and XLA compile, the compilations a second same-shape call made (0: the jit cache hit), and
+    the jitted function's cached executables (1)."""
     with _compile_events() as first:
         start = time.perf_counter()
         loss = step()
         first_call_s = time.perf_counter() - start
     with _compile_events() as second:
         step()
-    return {
-        "first_call_s": first_call_s,
-        "trace_s": sum(first[_TRACE]),
-        "lower_s": sum(first[_LOWER]),
-        "compile_s": sum(first[_COMPILE]),
-        "first_call_compiles": len(first[_COMPILE]),
-        "second_call_compiles": len(second[_COMPILE]),
-        "second_call_traces": len(second[_TRACE]),
-        # _cache_size is a private method of jax's C++ jitted function; JitWrapped omits it.
-        "cache_size": step.fn._cache_size(),  # type: ignore[attr-defined]
-        "first_loss": loss,
-    }
+    return {"first_call_s": first_call_s, "trace_s": sum(first[_TRACE]),
+            "lower_s": sum(first[_LOWER]), "compile_s": sum(first[_COMPILE]),
+            "first_call_compiles": len(first[_COMPILE]),
+            "second_call_compiles": len(second[_COMPILE]),
+            "second_call_traces": len(second[_TRACE]), "first_loss": loss,
+            # A private method of jax's C++ jitted function, which JitWrapped's type omits.
+            "cache_size": step.fn._cache_size()}  # type: ignore[attr-defined]  # fmt: skip

@@ -18,7 +18,6 @@ how many); input longer than the model takes is cut, with a warning saying where
 """
 
 import argparse
-import functools
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -68,18 +67,11 @@ def caption(loaded: runner.Run, image_path: str, out: pathlib.Path, beam_size: i
         image = decode_image(encoded, size=data.image_size, channels=data.channels)
     except OSError as error:  # missing, unreadable, or not an image PIL can open
         raise ValueError(f"cannot read the image {path}: {error}") from None
-    generate = held_out.generate
-    if beam_size is not None:
-        generate = functools.partial(generate, beam_size=beam_size)
     # A caption of padding: generation needs none, the reference-attention pass reads it.
     dummy = np.zeros((1, data.max_length + 1), np.int32)
-    result = runner.apply(generate, loaded.model, {"image": image[None], "caption": dummy})
-    tokens = np.asarray(result["beam"])
-    words = data.caption_pieces(tokens[0])
-    text = data.decode_captions(tokens)[0]
+    batch = {"image": image[None], "caption": dummy}
+    (text,) = held_out.draw(loaded.model, batch, [out], beam_size=beam_size)
     print(text)
-    maps = np.asarray(result["generated"])[0, : len(words)].reshape(len(words), *held_out.grid)
-    visualize_lib.image_overlay(image, words, maps, out, title=text)
     print(f"plot: {out}")
     return text
 

@@ -4,10 +4,14 @@ An experiment's config is a dataclass of sub-configs (``data``, ``model``, ``tra
 frozen dataclass with a comment per field. Overrides name a dotted path
 (``--set model.hidden_dim=64``) and are parsed by the field's declared type, never evaluated.
 
-Each config checks its fields in ``__post_init__`` with ``check_range`` and ``check_choice``,
-so a bad value is a ``ConfigError`` naming the field and what it may be, raised where the
-config is built: by a preset, ``from_dict`` (a saved config.json) or ``dataclasses.replace``
-(``--set``, ``--steps``), before anything is prepared, compiled or trained.
+Each config checks its fields in ``__post_init__`` with ``check_range``, ``check_counts`` and
+``check_choice``, so a bad value is a ``ConfigError`` naming the field and what it may be,
+raised where the config is built: by a preset, ``from_dict`` (a saved config.json) or
+``dataclasses.replace`` (``--set``, ``--steps``), before anything is prepared, compiled or
+trained.
+
+Presets are written as changes to another preset with :func:`replace`; every task's smoke
+preset trains on ``SMOKE_TRAIN``.
 """
 
 import dataclasses
@@ -17,7 +21,7 @@ import numbers
 import pathlib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from experiments.errors import ConfigError
@@ -29,14 +33,18 @@ __all__ = [
     "OPTIMIZERS",
     "PARAM_SHARDINGS",
     "SCHEDULES",
+    "SMOKE_TRAIN",
+    "BeamEvalConfig",
     "ConfigError",
     "TrainConfig",
     "apply_overrides",
     "check_choice",
+    "check_counts",
     "check_range",
     "from_dict",
     "load",
     "mesh_axes",
+    "replace",
     "save",
     "to_dict",
 ]
@@ -92,6 +100,21 @@ def check_range(
         raise ConfigError(f"{owner}.{name}: expected {expected}, got {value!r}")
 
 
+def check_counts(owner: str, config: Any, *names: str, at_least: int = 1) -> None:
+    """``check_range(owner, name, value, at_least=at_least, integer=True)`` for each field
+    ``names`` of the dataclass ``config``; a field declared ``int | None`` may also be None.
+
+    ``check_counts("eval", self, "examples", "beam_size")`` raises
+    ``eval.beam_size: expected an int >= 1, got 0``.
+    """
+    hints = typing.get_type_hints(type(config))
+    for name in names:
+        value = getattr(config, name)
+        if value is None and type(None) in typing.get_args(hints[name]):
+            continue
+        check_range(owner, name, value, at_least=at_least, integer=True)
+
+
 def check_choice(owner: str, name: str, value: Any, choices: Iterable[Any]) -> None:
     """Raise ConfigError unless ``value`` is one of ``choices``.
 
@@ -135,18 +158,9 @@ class TrainConfig:
     mesh: str = ""
 
     def __post_init__(self) -> None:
-        at_least = {
-            "steps": 1,
-            "batch_size": 1,
-            "warmup_steps": 0,
-            "eval_every": 1,
-            "checkpoint_every": 1,
-            "keep_last": 1,
-            "log_every": 1,
-            "devices": 0,
-        }
-        for name, low in at_least.items():
-            check_range("train", name, getattr(self, name), at_least=low, integer=True)
+        counts = ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_last", "log_every")
+        check_counts("train", self, *counts)
+        check_counts("train", self, "warmup_steps", "devices", at_least=0)
         check_range("train", "seed", self.seed, integer=True)
         check_range("train", "learning_rate", self.learning_rate, greater_than=0)
         check_range("train", "weight_decay", self.weight_decay, at_least=0)
@@ -163,6 +177,27 @@ class TrainConfig:
                 "mesh, leave train.devices at 1 (the mesh's size decides)"
             )
 
+
+@dataclasses.dataclass(frozen=True)
+class BeamEvalConfig:
+    """How the tasks that decode by beam search (translate, caption) evaluate; each task's
+    ``EvalConfig`` is one, with defaults of its own."""
+
+    examples: int = 500  # held-out examples scored and decoded, the same ones each time
+    beam_size: int = 5  # beam width of the reported outputs
+    length_penalty: float = 0.6  # GNMT alpha (Wu et al. 2016, eq. 14); 0 = plain log p
+    plots: int = 4  # held-out examples drawn with their attention
+
+    def __post_init__(self) -> None:
+        check_counts("eval", self, "examples", "beam_size", "plots")
+        check_range("eval", "length_penalty", self.length_penalty, at_least=0)
+
+
+# The train fields of every task's smoke preset: a handful of steps, each one logged, two
+# checkpoints and an evaluation, in seconds; for the tests.
+SMOKE_TRAIN: Mapping[str, int] = types.MappingProxyType(
+    {"steps": 4, "batch_size": 8, "eval_every": 4, "checkpoint_every": 2, "log_every": 1}
+)
 
 MESH_AXES = ("data", "sequence")
 
@@ -217,6 +252,20 @@ def _dataclass_of(kind: Any, value: Any) -> Any:
             raise ValueError(f"saved fields {sorted(value)} fit {len(fits)} of {names}, not one")
         return fits[0]
     return kind if dataclasses.is_dataclass(kind) else None
+
+
+def replace(config: C, **changes: Any) -> C:
+    """``dataclasses.replace``, into sub-configs: a mapping given for a field that holds a
+    dataclass replaces those of its fields (recursively); any other value the whole field.
+
+    ``replace(tiny, model={"hidden_dim": 24}, train=SMOKE_TRAIN)``: a preset written as what
+    it changes. Each config is built once, so its checks see all of its new fields together.
+    """
+    for name, value in changes.items():
+        current = getattr(config, name)
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
+            changes[name] = replace(current, **value)
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 
 def save(config: Any, path: pathlib.Path) -> None:

@@ -1,5 +1,5 @@
-"""Held-out metrics shared by the experiments: corpus BLEU (sacrebleu), BLEU by length,
-BLEU-1..4 against several references (captioning)."""
+"""Held-out metrics shared by the experiments: corpus BLEU (sacrebleu), BLEU by length (both
+together: translation), BLEU-1..4 against several references (captioning)."""
 
 import itertools
 import math
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import sacrebleu
 
-__all__ = ["bleu_by_length", "caption_bleu", "corpus_bleu", "perplexity"]
+__all__ = ["bleu_by_length", "caption_bleu", "corpus_bleu", "perplexity", "translation_bleu"]
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -76,6 +76,18 @@ def bleu_by_length(
                 [hypotheses[i] for i in picked], [references[i] for i in picked]
             )
     return result
+
+
+def translation_bleu(
+    sources: Sequence[str], hypotheses: Sequence[str], references: Sequence[str]
+) -> dict[str, float]:
+    """``{"bleu": corpus BLEU, "bleu_len_10-19": BLEU of the sources of 10-19 words, ...}``:
+    a translation's scores (Bahdanau et al. 2014, Table 1 and Figure 2)."""
+    by_length = bleu_by_length(sources, hypotheses, references)
+    return {
+        "bleu": corpus_bleu(hypotheses, references),
+        **{f"bleu_len_{bucket}": bleu for bucket, bleu in by_length.items()},
+    }
 
 
 def perplexity(mean_nats: float) -> float:

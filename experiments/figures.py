@@ -34,11 +34,11 @@ from flax import nnx
 
 from experiments import config as config_lib
 from experiments import run, runner, tasks, visualize
+from experiments.visualize import Aligned
 
 __all__ = [
     "ADJECTIVES",
     "RUNS",
-    "Aligned",
     "Candidate",
     "FigureRun",
     "Reordering",
@@ -190,17 +190,6 @@ def pick(candidates: Sequence[Candidate]) -> Candidate | None:
     return max(candidates, key=lambda c: (c.reordering.confidence, -c.length, -c.index))
 
 
-@dataclasses.dataclass(frozen=True)
-class Aligned:
-    """A decoded test sentence with its teacher-forced attention."""
-
-    source: str
-    hypothesis: str
-    source_pieces: list[str]
-    target_pieces: list[str]
-    weights: Any  # [T, S] for RNNsearch; per-layer dicts for the Transformer
-
-
 def _choose(sentences: Sequence[Aligned], alignments: Sequence[np.ndarray]) -> tuple[int, str]:
     """(index, what it shows) of the sentence to draw: the best adjective-noun crossing if
     there is one, else the best crossing of any two words, else the first sentence."""
@@ -293,37 +282,14 @@ def translate_test_sentences(
     ids = data.encode_sources(sources, width)
     sources = [s for s, row in zip(sources, ids, strict=True) if (row != 0).sum() <= max_tokens]
     hypotheses = held_out.translate_texts(model, sources)
-    aligned = []
-    size = held_out.config.train.batch_size
-    for start in range(0, len(sources), size):
-        chunk = slice(start, start + size)
-        source_ids, target_ids, weights = held_out.attention(
-            model, sources[chunk], hypotheses[chunk]
+    size = held_out.config.train.batch_size  # the attention compiles for this batch (or less)
+    return [
+        sentence
+        for start in range(0, len(sources), size)
+        for sentence in held_out.attention(
+            model, sources[start : start + size], hypotheses[start : start + size]
         )
-        for row in range(len(source_ids)):
-            source_pieces = data.source_pieces(source_ids[row])
-            target_pieces = data.target_pieces(target_ids[row, 1:])
-            T, S = len(target_pieces), len(source_pieces)
-            picked: dict[str, list[np.ndarray]] | np.ndarray
-            if isinstance(weights, dict):  # Transformer: [B, N, *, *] per layer
-                picked = {
-                    "cross": [np.asarray(w[row, :, :T, :S]) for w in weights["cross"]],
-                    "encoder_self": [
-                        np.asarray(w[row, :, :S, :S]) for w in weights["encoder_self"]
-                    ],
-                }
-            else:
-                picked = np.asarray(weights[row, :T, :S])
-            aligned.append(
-                Aligned(
-                    sources[start + row],
-                    hypotheses[start + row],
-                    source_pieces,
-                    target_pieces,
-                    picked,
-                )
-            )
-    return aligned
+    ]
 
 
 def nmt_alignment(sentences: Sequence[Aligned], path: pathlib.Path) -> pathlib.Path:
@@ -336,7 +302,11 @@ def nmt_alignment(sentences: Sequence[Aligned], path: pathlib.Path) -> pathlib.P
 
 
 def transformer_heads(
-    sentences: Sequence[Aligned], out: pathlib.Path, *, encoder_layer: int, cross_layer: int
+    sentences: Sequence[Aligned],
+    out: pathlib.Path,
+    *,
+    encoder_layer: int,
+    cross_layer: int,
 ) -> list[pathlib.Path]:
     """One sentence (chosen as for RNNsearch, on the heads' mean cross-attention of
     ``cross_layer``): every head of encoder self-attention layer ``encoder_layer`` and of

@@ -1,7 +1,8 @@
 """The losses every task shares: masked token cross-entropy and accuracy, as sums and counts.
 
-Sums rather than means, so that one function serves training (divide by the count) and
-evaluation (add up over batches, divide once at the end: a mean over every token of the split,
+Sums rather than means, so that one function serves training (divide by the count:
+:func:`mean_cross_entropy`) and evaluation (:func:`nll_sums` added up over batches by the
+runner, divided once at the end by :func:`held_out_loss`: a mean over every token of the split,
 not a mean of batch means). The log-softmax runs in float32 whatever the model's compute dtype.
 """
 
@@ -11,7 +12,13 @@ import optax
 
 from experiments.data.tokenizer import PAD_ID
 
-__all__ = ["masked_cross_entropy", "token_accuracy"]
+__all__ = [
+    "held_out_loss",
+    "masked_cross_entropy",
+    "mean_cross_entropy",
+    "nll_sums",
+    "token_accuracy",
+]
 
 
 def masked_cross_entropy(
@@ -35,3 +42,24 @@ def masked_cross_entropy(
 def token_accuracy(logits: jax.Array, labels: jax.Array, *, pad_id: int = PAD_ID) -> jax.Array:
     """How many labels that are not ``pad_id`` are the argmax of their logits."""
     return ((logits.argmax(-1) == labels) & (labels != pad_id)).sum()
+
+
+def mean_cross_entropy(
+    logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
+    """``(cross-entropy per real label, their count)``: a training batch's loss, and the count
+    (at least 1, for a batch of padding) that divides the task's other per-token sums."""
+    total, count = masked_cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    count = jnp.maximum(count, 1)
+    return total / count, count
+
+
+def nll_sums(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """A held-out batch's summed cross-entropy and label count: ``{"nll", "tokens"}``."""
+    total, count = masked_cross_entropy(logits, labels)
+    return {"nll": total, "tokens": count}
+
+
+def held_out_loss(totals: dict[str, float]) -> float:
+    """Mean cross-entropy per label over a split, from its :func:`nll_sums` added up."""
+    return totals["nll"] / max(totals["tokens"], 1.0)

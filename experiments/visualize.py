@@ -1,5 +1,5 @@
-"""Attention pictures: alignment heatmaps, head grids, image overlays, and a CLI that redraws
-a run's plots.
+"""Attention pictures: alignment heatmaps, head grids, image overlays, one translation's
+attention, and a CLI that redraws a run's plots.
 
     python -m experiments.visualize RUN_DIR [--best]
 
@@ -8,8 +8,10 @@ run makes at the end of training into ``RUN_DIR/plots``.
 """
 
 import argparse
+import dataclasses
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -18,7 +20,15 @@ import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["alignment_heatmap", "head_grid", "image_overlay", "main"]
+__all__ = [
+    "Aligned",
+    "aligned",
+    "alignment_heatmap",
+    "head_grid",
+    "image_overlay",
+    "main",
+    "translation_attention",
+]
 
 
 def alignment_heatmap(
@@ -201,6 +211,50 @@ def image_overlay(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Aligned:
+    """A translation and its attention while teacher-forced, cut to its pieces."""
+
+    source: str
+    hypothesis: str
+    source_pieces: list[str]
+    target_pieces: list[str]
+    # [T, S] for RNNsearch; for the Transformer per-layer lists of [N, *, *] under its keys
+    # ("encoder_self", "decoder_self", "cross": Transformer.__call__'s).
+    weights: Any
+
+
+def aligned(
+    source: str,
+    hypothesis: str,
+    source_pieces: Sequence[str],
+    target_pieces: Sequence[str],
+    weights: Any,
+) -> Aligned:
+    """An :class:`Aligned` from the model's weights of one sentence, padded to the model's
+    lengths: ``[T', S']``, or the Transformer's per-layer ``[N, *, *]`` (``T' >= T``...)."""
+    T, S = len(target_pieces), len(source_pieces)
+    if isinstance(weights, dict):
+        shapes = {"encoder_self": (S, S), "decoder_self": (T, T), "cross": (T, S)}
+        weights = {
+            key: [np.asarray(w[:, : shapes[key][0], : shapes[key][1]]) for w in layers]
+            for key, layers in weights.items()
+        }
+    else:
+        weights = np.asarray(weights[:T, :S])
+    return Aligned(source, hypothesis, list(source_pieces), list(target_pieces), weights)
+
+
+def translation_attention(sentence: Aligned, path: pathlib.Path) -> pathlib.Path:
+    """A translation's alignment as :func:`alignment_heatmap` (Bahdanau et al. 2014, Fig. 3),
+    or a Transformer's cross-attention, every layer and head, as :func:`head_grid`."""
+    source, target = sentence.source_pieces, sentence.target_pieces
+    title = f"{sentence.source}\n-> {sentence.hypothesis}"
+    if isinstance(sentence.weights, dict):
+        return head_grid(np.stack(sentence.weights["cross"]), target, source, path, title)
+    return alignment_heatmap(sentence.weights, source, target, path, title=title)
 
 
 def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:

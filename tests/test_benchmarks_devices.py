@@ -1,13 +1,10 @@
-"""The device benchmark: its HLO byte counter on a hand-written program with a known answer,
-and one data-parallel case on 2 emulated devices through the real CLI."""
-
-import json
-import subprocess
-import sys
+"""The devices measurement: its HLO byte counter on a hand-written program with a known
+answer, its tables and plot from rows with known yardsticks, and (slow) real cases on 2
+emulated devices, in one process and in two joined by jax.distributed."""
 
 import pytest
 
-from benchmarks import collectives
+from benchmarks import collectives, devices
 
 # One device's program on 4 devices. f32[8,16] is 512 bytes. Expected bytes sent:
 #   all-reduce of (f32[8,16], s32[]) over 4:        2 * 3/4 * 516   =  774
@@ -141,43 +138,80 @@ def test_projection():
     assert p["comm_over_compute"] == pytest.approx(0.01)
 
 
-@pytest.mark.slow
-def test_two_device_data_parallel_case_sends_the_gradient_all_reduce(tmp_path):
-    """The real CLI, one worker process with 2 emulated devices (the smoke LM)."""
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.devices",
-        "--preset=smoke",
-        "--devices=2",
-        "--variants=dp/replicate",
-        "--processes=0",
-        "--device-gflops=50",
-        "--repeats=1",
-        "--budget-s=5",
-        f"--out={tmp_path}",
+def _row(variant, P, sent, median_s, processes=1, **extra):
+    case = {"link_gbps": 100.0, "cross_host_gbps": 25.0, "device_gflops": [50.0, "measured"]}
+    by_op = {"all-reduce": {"instructions": 1, "launches": 2, "sent_bytes": sent}}
+    timing = {"median_s": median_s, "samples": 3, "clean_samples": 3, "mean_contention": 0.0}
+    collectives_ = {"sent_bytes": sent, "launches": 2, "by_op": by_op, "in_loops_bytes": 0,
+                    "unknown_trip_counts": 0, "in_conditionals": 0}  # fmt: skip
+    return {"devices": P, "processes": processes, "variant": variant, "batch": 4, "context": 8,
+            "compile_s": 1.0, "first_loss": 4.0, "flops": 8e9, "collectives": collectives_,
+            **timing, **extra, "case": case}  # fmt: skip
+
+
+def test_tables_and_plot_read_the_yardsticks_from_the_rows():
+    rows = [
+        _row("dp/replicate", 1, 0.0, 0.2),
+        _row("dp/replicate", 2, 2e6, 0.1, ring_allreduce_of_gradients_bytes=1e6),
+        _row("dp/replicate", 4, 3e6, 0.4, processes=2, ring_allreduce_of_gradients_bytes=1.5e6),
+        {"devices": 8, "processes": 1, "variant": "all", "error": "killed (out of memory?)"},
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    (run,) = results["runs"]
-    assert run["devices"] == 2 and run["processes"] == 1 and "error" not in run
-    assert "--xla_force_host_platform_device_count=2" in run["xla_flags"]
-    r = run["variants"]["dp/replicate"]
-    assert r["median_s"] > 0 and r["samples"] >= 1 and r["compile_s"] > 0
-    assert r["flops"] > 0 and r["tokens"] == 16 * 16 and r["parameters"] > 0
-    assert r["gradient_bytes"] == 4 * r["parameters"]
+    text = "\n".join(line for table in devices.TABLES for line in table.markdown(rows))
+    # sent / the gradient all-reduce, step time / the 1-device step's (the slower process's)
+    assert (
+        "| 2 | dp/replicate | 4 x 8 | 100.0 | 1.0 | 4.0000 | 1.91 | 2 | 0.95 | 2.000x | 0.50x |"
+        in text
+    )
+    assert (
+        "| 4 (2 proc.) | dp/replicate |" in text and "| 8 | all | killed (out of memory?) |" in text
+    )
+    # 2e6 bytes at 100 GB/s = 0.020 ms; 8e9 FLOPs / 2 devices at 50 GFLOP/s = 80 ms
+    assert "| 2 | dp/replicate | 100 / 25 | 0.020 / 0.080 | 80.00 | 50 (measured) |" in text
+    points = [p for row in rows for p in devices.PLOTS[0].points(row)]
+    assert ("MiB each device sends per step (compiled HLO)", "2(P-1)/P x gradients", 2,
+            pytest.approx(1e6 / 2**20)) in points  # fmt: skip
+    assert not any(p[2] == 1 and "MiB" in p[0] for p in points)  # nothing sent: off a log axis
+
+
+def _case(devices_, processes, variants):
+    return {"name": "test", "in_process": True, "preset": "smoke", "batch": 16, "sp_batch": 1,
+            "context": 16, "repeats": 1, "budget_s": 5.0, "timeout_s": 300, "link_gbps": 100.0,
+            "cross_host_gbps": 25.0, "device_gflops": [50.0, "--device-gflops"],
+            "devices": devices_, "processes": processes, "variants": variants}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_emulated_devices_send_the_gradient_all_reduce():
+    """One worker process with 2 emulated devices (the smoke LM), data and sequence parallel."""
+    measured = devices.measure(_case(2, 1, ["dp/replicate", "sp/zigzag"]))
+    assert isinstance(measured, list), measured  # one row per variant, not a failed case
+    rows = {r["variant"]: r for r in measured}
+    dp, sp = rows["dp/replicate"], rows["sp/zigzag"]
+    for r in (dp, sp):
+        assert "error" not in r and r["devices"] == 2 and r["local_devices"] == 2
+        assert "--xla_force_host_platform_device_count=2" in r["xla_flags"]
+        assert r["median_s"] > 0 and r["samples"] >= 1 and r["compile_s"] > 0 and r["flops"] > 0
+        assert r["gradient_bytes"] == 4 * r["parameters"]
+    assert dp["tokens"] == 16 * 16 and sp["tokens"] == 16
     # Plain data parallelism: the all-reduce of every float32 gradient, 2 (P - 1) / P x its
-    # bytes. Not exactly: XLA sends only the position-table rows the context reaches (16 of
-    # 32 here), and the tied embedding's two gradients (input lookup, output projection)
-    # separately, plus a few scalars (loss, token count).
-    analytic = 2 * (2 - 1) / 2 * r["gradient_bytes"]
-    assert r["ring_allreduce_of_gradients_bytes"] == pytest.approx(analytic)
-    sent = r["collectives"]["sent_bytes"]
-    assert 0.8 * analytic <= sent <= 1.25 * analytic
-    assert set(r["collectives"]["by_op"]) == {"all-reduce"}
-    assert r["projection"]["link"]["comm_s"] == pytest.approx(sent / 100e9)
-    assert r["projection"]["link"]["compute_s"] == pytest.approx(r["flops"] / 2 / 50e9)
-    table = (tmp_path / "results.md").read_text()
-    assert "emulated" in table and "| 2 | dp/replicate |" in table
-    assert (tmp_path / "devices.png").stat().st_size > 0
+    # bytes. Not exactly: XLA sends only the position-table rows the context reaches, and the
+    # tied embedding's two gradients (input lookup, output projection) separately, plus a few
+    # scalars (loss, token count).
+    analytic = 2 * (2 - 1) / 2 * dp["gradient_bytes"]
+    assert dp["ring_allreduce_of_gradients_bytes"] == pytest.approx(analytic)
+    assert 0.8 * analytic <= dp["collectives"]["sent_bytes"] <= 1.25 * analytic
+    assert set(dp["collectives"]["by_op"]) == {"all-reduce"}
+    # The ring passes K/V blocks around: collective-permutes, close to the ring's own count.
+    permutes = sp["collectives"]["by_op"]["collective-permute"]["sent_bytes"]
+    assert 0.5 * sp["ring_kv_bytes"] <= permutes <= 1.5 * sp["ring_kv_bytes"]
+
+
+@pytest.mark.slow
+def test_two_processes_join_and_report_the_slower_one():
+    measured = devices.measure(_case(2, 2, ["dp/replicate"]))
+    assert isinstance(measured, list), measured
+    (row,) = measured
+    assert "error" not in row and row["devices"] == 2 and row["local_devices"] == 1
+    assert len(row["per_process"]) == 2
+    assert row["median_s"] == max(p["median_s"] for p in row["per_process"])
+    assert row["per_process"][0]["first_loss"] == pytest.approx(row["per_process"][1]["first_loss"])

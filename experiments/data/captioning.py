@@ -22,7 +22,8 @@ against the seven's box.
 Batches (``B`` = batch_size, ``T`` = max_length, ``H = W`` = image_size, ``M`` = max_boxes;
 images as ``zoo.models.show_attend_tell`` takes them)::
 
-    image        float32 [B, H, W, C]  in [0, 1]; C = 1 (digit scenes) or 3 (photos)
+    image        float32 [B, H, W, C]  in [0, 1]; C = 1 (digit scenes) or 3 (photos); the
+                                       model may read C + 2 (``with_coordinates``)
     caption      int32   [B, T + 1]    BOS w_1 .. w_m EOS PAD ..   (m + 1 <= T)
     caption_length int32 [B]           m + 2 (BOS and EOS counted); 0 for padding rows
     word_boxes   int32   [B, T + 1]    per caption position: the box its word names, else -1
@@ -49,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -66,6 +69,7 @@ from experiments.data.words import (
 
 __all__ = [
     "CAPTION_DATASETS",
+    "COORDINATE_CHANNELS",
     "CaptionData",
     "CaptionExample",
     "CaptionSource",
@@ -73,8 +77,10 @@ __all__ = [
     "decode_image",
     "frame_caption",
     "make_caption_data",
+    "named_boxes",
     "scale_boxes",
     "train_dataset",
+    "with_coordinates",
 ]
 
 Example = dict[str, np.ndarray]
@@ -155,6 +161,36 @@ def decode_image(encoded: bytes, *, size: int, channels: int) -> np.ndarray:
     if image.size != (size, size):
         image = _resize_square(image, size)
     return (np.asarray(image, dtype=np.float32) / 255.0).reshape(size, size, channels)
+
+
+COORDINATE_CHANNELS = 2  # what with_coordinates appends: each pixel's row and column
+
+
+def with_coordinates(images: jax.Array) -> jax.Array:
+    """Images ``[B, H, W, C]`` -> ``[B, H, W, C + 2]``, the last two channels each pixel's row
+    and column scaled to [-1, 1] (Liu et al. 2018, "An intriguing failing of convolutional
+    neural networks and the CoordConv solution"): the captioner's input with
+    ``data.coordinates`` (``experiments.tasks.caption``), added inside its jitted forward.
+
+    The digit scenes' captions name the digits left to right, and a small CNN trained from
+    scratch hardly knows where its cells are (only zero padding at the borders tells it), so
+    without these channels nothing in the annotations says which digit comes first.
+    """
+    B, H, W, _ = images.shape
+    rows = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, H)[:, None], (H, W))
+    cols = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, W)[None, :], (H, W))
+    grid = jnp.broadcast_to(jnp.stack([rows, cols], axis=-1), (B, H, W, 2))
+    return jnp.concatenate([images, grid.astype(images.dtype)], axis=-1)
+
+
+def named_boxes(word_boxes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The box each word names, ``[..., T, 4]`` (rows of -1 for words naming none), from the
+    box index of each word ``[..., T]`` (``CaptionData.word_boxes``) and the boxes
+    ``[..., M, 4]``."""
+    if boxes.shape[-2] == 0:  # a dataset without boxes
+        return np.full((*word_boxes.shape, 4), -1, np.int32)
+    picked = np.take_along_axis(boxes, np.maximum(word_boxes, 0)[..., None], axis=-2)
+    return np.where(word_boxes[..., None] >= 0, picked, -1)
 
 
 def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:

@@ -9,11 +9,9 @@ correctness: for every generated digit word that names a digit of the scene, is 
 attention peak inside that digit's box, next to the chance rate. Pictures: the image and one
 panel per generated word with its attention map over the image (the paper's Figures 2-3).
 
-One addition to the paper: the images get two more channels, each pixel's row and column
-(``data.coordinates``, CoordConv). The digit scenes' captions name the digits left to right,
-and a small CNN trained from scratch hardly knows where its cells are (only zero padding at
-the borders tells it), so without them nothing in the annotations says which digit comes
-first. ``--set data.coordinates=false`` gives the paper's plain image input.
+One addition to the paper: the model reads two more image channels, each pixel's row and
+column (``data.coordinates``, CoordConv: ``experiments.data.captioning.with_coordinates``
+says why); ``--set data.coordinates=false`` gives the paper's plain image input.
 """
 
 import dataclasses
@@ -28,16 +26,14 @@ from flax import nnx
 
 from experiments import attention_correctness as correctness_lib
 from experiments import config as config_lib
+from experiments import decode, losses, runner
 from experiments import evaluate as evaluate_lib
-from experiments import runner
 from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig
 from experiments.data import captioning
-from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from experiments.data.tokenizer import PAD_ID
 from experiments.data.words import split_words
-from experiments.losses import masked_cross_entropy, token_accuracy
 from experiments.runner import Batch, Evaluation, Setup
-from zoo import decoding
 from zoo.models.protocol import weights_graphdef
 from zoo.models.show_attend_tell import (
     ShowAttendTell,
@@ -59,14 +55,12 @@ class DataConfig:
     image_size: int | None = None  # side of the square input; None: the dataset's own
     vocab_size: int = 10_000  # word vocabulary of a real dataset (the digit scenes' is fixed)
     # Append two channels holding each pixel's row and column in [-1, 1] to the images
-    # (CoordConv, Liu et al. 2018), so the annotations know where they are (module docstring).
+    # (CoordConv, Liu et al. 2018), so the annotations know where they are.
     coordinates: bool = True
 
     def __post_init__(self) -> None:
         config_lib.check_range("data", "max_length", self.max_length, at_least=2, integer=True)
-        config_lib.check_range("data", "vocab_size", self.vocab_size, at_least=1, integer=True)
-        if self.image_size is not None:
-            config_lib.check_range("data", "image_size", self.image_size, at_least=1, integer=True)
+        config_lib.check_counts("data", self, "vocab_size", "image_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +74,12 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    examples: int = 500  # held-out images captioned per evaluation (the same ones each time)
-    beam_size: int = 3  # beam width of the reported captions
-    length_penalty: float = 0.0  # GNMT alpha (Wu et al. 2016, eq. 14); 0 = plain log p
-    plots: int = 4  # held-out images drawn with per-word attention
+class EvalConfig(config_lib.BeamEvalConfig):
+    """Held-out images captioned per evaluation (the same ones each time), ``plots`` of them
+    drawn with per-word attention."""
 
-    def __post_init__(self) -> None:
-        for name in ("examples", "beam_size", "plots"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+    beam_size: int = 3
+    length_penalty: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +139,10 @@ def presets(model: str) -> dict[str, Config]:
     # The paper's decoder sizes (ShowAttendTellConfig's defaults: m = 512, n = 1800,
     # D = A = 512) over a VGG-like CNN on 96 x 96 scenes: three stages -> a 12 x 12 x 512 grid,
     # near VGG conv5_4's 14 x 14 x 512 (sec. 4.3). Adam, minibatches of 64 (sec. 4.3).
-    paper = Config(
-        experiment="caption",
-        model_name="sat",
-        data=DataConfig(name="digit_scenes/canvas96", max_length=21),
+    paper = config_lib.replace(
+        tiny,
+        data={"name": "digit_scenes/canvas96"},
         model=ShowAttendTellConfig(image_channels=1, conv_channels=(64, 128, 256)),
-        loss=LossConfig(penalty_strength=1.0),
         train=TrainConfig(
             steps=50_000,
             batch_size=64,
@@ -166,20 +154,12 @@ def presets(model: str) -> dict[str, Config]:
         ),
         eval=EvalConfig(examples=1000, beam_size=5),
     )
-    smoke = dataclasses.replace(
+    sizes = dict(embed_dim=8, hidden_dim=12, annotation_dim=8, attention_dim=8)
+    smoke = config_lib.replace(
         tiny,
-        data=DataConfig(name="digit_scenes/smoke", max_length=21),
-        model=dataclasses.replace(
-            tiny.model,
-            embed_dim=8,
-            hidden_dim=12,
-            annotation_dim=8,
-            attention_dim=8,
-            conv_channels=(4, 4, 8),
-        ),
-        train=dataclasses.replace(
-            tiny.train, steps=4, batch_size=8, eval_every=4, checkpoint_every=2, log_every=1
-        ),
+        data={"name": "digit_scenes/smoke"},
+        model=dict(sizes, conv_channels=(4, 4, 8)),
+        train=config_lib.SMOKE_TRAIN,
         eval=EvalConfig(examples=12, beam_size=2, plots=1),
     )
     return {"tiny": tiny, "paper": paper, "smoke": smoke}
@@ -210,7 +190,7 @@ def make_model(config: Config) -> ShowAttendTell:
 def setup(config: Config, workdir: pathlib.Path) -> Setup:
     del workdir
     data = make_data(config)
-    channels = data.channels + (2 if config.data.coordinates else 0)
+    channels = data.channels + captioning.COORDINATE_CHANNELS * config.data.coordinates
     model_config = dataclasses.replace(
         config.model, vocab_size=data.vocab_size, image_channels=channels, pad_id=PAD_ID
     )
@@ -222,29 +202,28 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         )
     config = dataclasses.replace(config, model=model_config)
     model = make_model(config)
+    coordinates = config.data.coordinates
     generate = functools.partial(
         generate_captions,
+        coordinates=coordinates,
+        max_length=data.max_length,
         beam_size=config.eval.beam_size,
         length_penalty=config.eval.length_penalty,
-        coordinates=config.data.coordinates,
-        max_length=data.max_length,
     )
-    grid = model.grid_shape(data.image_size, data.image_size)
-    held_out = HeldOut(config, data, grid, generate)
+    held_out = HeldOut(config, data, model.grid_shape(data.image_size, data.image_size), generate)
+    penalty_strength = config.loss.penalty_strength
     return Setup(
         config=config,
         model=model,
         batches=data.train_iterator(),
         loss_fn=functools.partial(
-            loss_fn,
-            penalty_strength=config.loss.penalty_strength,
-            coordinates=config.data.coordinates,
+            loss_fn, penalty_strength=penalty_strength, coordinates=coordinates
         ),
         evaluation=Evaluation(
-            batches=held_out.batches,
-            sums=functools.partial(sums, coordinates=config.data.coordinates),
-            generate=generate,
-            metrics=held_out.metrics,
+            held_out.batches,
+            functools.partial(sums, coordinates=coordinates),
+            held_out.metrics,
+            generate,
         ),
         visualize=held_out.visualize,
         count_tokens=lambda batch: int(np.sum(batch["caption"][:, 1:] != PAD_ID)),
@@ -254,15 +233,9 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
     )
 
 
-def with_coordinates(images: jax.Array) -> jax.Array:
-    """Images ``[B, H, W, C]`` -> ``[B, H, W, C + 2]``, the last two channels each pixel's row
-    and column scaled to [-1, 1] (Liu et al. 2018, "An intriguing failing of convolutional
-    neural networks and the CoordConv solution")."""
-    B, H, W, _ = images.shape
-    rows = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, H)[:, None], (H, W))
-    cols = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, W)[None, :], (H, W))
-    grid = jnp.broadcast_to(jnp.stack([rows, cols], axis=-1), (B, H, W, 2))
-    return jnp.concatenate([images, grid.astype(images.dtype)], axis=-1)
+def _images(batch: Batch, coordinates: bool) -> jax.Array:
+    """The batch's images as the model reads them (``data.coordinates``)."""
+    return captioning.with_coordinates(batch["image"]) if coordinates else batch["image"]
 
 
 def loss_fn(
@@ -279,71 +252,44 @@ def loss_fn(
     batch's caption tokens so the learning rate means the same as for the other tasks.
     """
     caption = batch["caption"]  # [B, T+1]: BOS w_1 .. w_m EOS PAD ..
-    images = with_coordinates(batch["image"]) if coordinates else batch["image"]
-    labels = caption[:, 1:]
+    images, labels = _images(batch, coordinates), caption[:, 1:]
     if penalty_strength > 0:
         logits, weights = model(images, caption[:, :-1], return_weights=True, rngs=rng)
     else:  # no weights asked: any kernel, the fast ones included
         logits = model(images, caption[:, :-1], rngs=rng)
-    total, tokens = masked_cross_entropy(logits, labels)
-    tokens = jnp.maximum(tokens, 1)
-    nll = total / tokens
+    nll, tokens = losses.mean_cross_entropy(logits, labels)
     penalty = jnp.zeros(())
     if penalty_strength > 0:
         real = labels != PAD_ID
         # Empty (padding) rows have no real step, so all their cells would count as unattended.
         penalty = doubly_stochastic_penalty(weights, real, strength=penalty_strength)
         penalty = jnp.where(real.any(axis=1), penalty, 0.0).sum() / tokens
-    accuracy = token_accuracy(logits, labels) / tokens
+    accuracy = losses.token_accuracy(logits, labels) / tokens
     return nll + penalty, {"nll": nll, "penalty": penalty, "accuracy": accuracy}
-
-
-def _inputs(images: jax.Array, coordinates: bool) -> jax.Array:
-    return with_coordinates(images) if coordinates else images
 
 
 def sums(model: nnx.Module, batch: Batch, *, coordinates: bool) -> dict[str, jax.Array]:
     """Summed held-out caption NLL and its token count, teacher-forced."""
     caption = batch["caption"]
-    logits = model(_inputs(batch["image"], coordinates), caption[:, :-1])
-    total, tokens = masked_cross_entropy(logits, caption[:, 1:])
-    return {"nll": total, "tokens": tokens}
-
-
-def _framed(tokens: jax.Array) -> jax.Array:
-    """Generated tokens ``[B, T]`` -> ``BOS tokens`` ``[B, T+1]``, for teacher forcing."""
-    return jnp.concatenate([jnp.full((len(tokens), 1), BOS_ID, tokens.dtype), tokens], axis=1)
+    logits = model(_images(batch, coordinates), caption[:, :-1])
+    return losses.nll_sums(logits, caption[:, 1:])
 
 
 def generate_captions(
-    model: Any,
-    batch: Batch,
-    *,
-    coordinates: bool,
-    max_length: int,
-    beam_size: int,
-    length_penalty: float,
+    model: Any, batch: Batch, *, coordinates: bool, max_length: int, **beam: Any
 ) -> dict[str, jax.Array]:
-    """Greedy and beam-search captions ``[B, max_length]``, and the attention ``[B, T, L]``
-    while teacher-forcing the reference captions and while re-reading the beam's."""
-    images = _inputs(batch["image"], coordinates)
+    """Greedy and beam-search captions ``[B, max_length]`` (``beam``: the keywords of
+    ``decode.best_beam``), and the attention ``[B, T, L]`` while teacher-forcing the reference
+    captions and while re-reading the beam's."""
+    images = _images(batch, coordinates)
     memory = model.encode(images)
-    common = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, max_length=max_length)
-    greedy = decoding.greedy_search(
-        model.step, model.init_decode_state(memory, max_length), **common
-    )
-    beam = decoding.beam_search(
-        model.step,
-        model.init_decode_state(memory, max_length),
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-        **common,
-    ).tokens[:, 0]
+    greedy = decode.greedy(model, memory, max_length=max_length)
+    beam_tokens = decode.best_beam(model, memory, max_length=max_length, **beam)
     # The same parameters on the kernel that forms the weights (the fast ones do not).
     looking = nnx.merge(weights_graphdef(model), nnx.state(model))
     _, reference = looking(images, batch["caption"][:, :-1], return_weights=True)
-    _, generated = looking(images, _framed(beam)[:, :-1], return_weights=True)
-    return {"greedy": greedy, "beam": beam, "reference": reference, "generated": generated}
+    _, generated = looking(images, decode.with_bos(beam_tokens)[:, :-1], return_weights=True)
+    return {"greedy": greedy, "beam": beam_tokens, "reference": reference, "generated": generated}
 
 
 class HeldOut:
@@ -375,60 +321,70 @@ class HeldOut:
         self, split: str, totals: dict[str, float], batches: Any, outputs: list[Any]
     ) -> dict[str, float]:
         _, references = self._split(split)
-        greedy, beam = [], []
-        reference_hits, generated_hits, previous_hits = [], [], []
-        for batch, out in zip(batches, outputs, strict=True):
-            rows = int((batch["caption_length"] > 0).sum())  # the rest is padding
-            greedy += self.data.decode_captions(out["greedy"])[:rows]
-            beam += self.data.decode_captions(out["beam"])[:rows]
-            reference_hits.append(
-                self._attention(out["reference"], batch["word_boxes"][:, 1:], batch["boxes"])
-            )
-            word_boxes = self.data.word_boxes(out["beam"], batch["labels"])
-            generated_hits.append(self._attention(out["generated"], word_boxes, batch["boxes"]))
-            previous_hits.append(
-                self._attention(out["generated"], word_boxes, batch["boxes"], lag=1)
-            )
         # References in the word form of the hypotheses (lower case, punctuation split off).
         references = [tuple(" ".join(split_words(r)) for r in refs) for refs in references]
-        metrics = {"loss": totals["nll"] / max(totals["tokens"], 1.0)}
-        metrics |= evaluate_lib.caption_bleu(beam, references)
-        metrics["bleu4_greedy"] = evaluate_lib.caption_bleu(greedy, references)["bleu4"]
-        generated = correctness_lib.concatenate(generated_hits)
-        metrics |= {f"attention_{k}": v for k, v in generated.rates().items()}
-        metrics["attention_words"] = float(generated.peak_in_box.size)
-        previous = correctness_lib.concatenate(previous_hits).rates()
-        metrics["attention_previous_step_peak_in_box"] = previous["peak_in_box"]
-        metrics["reference_peak_in_box"] = correctness_lib.concatenate(reference_hits).rates()[
-            "peak_in_box"
-        ]
+        captions: dict[str, list[str]] = {"beam": [], "greedy": []}
+        graded: dict[str, list[Any]] = {"generated": [], "previous": [], "reference": []}
+        for batch, out in zip(batches, outputs, strict=True):
+            rows = int((batch["caption_length"] > 0).sum())  # the rest is padding
+            for kind, texts in captions.items():
+                texts.extend(self.data.decode_captions(out[kind])[:rows])
+            named = self.data.word_boxes(out["beam"], batch["labels"])
+            # Each beam word's attention, the step's before it, and each reference word's.
+            for kind, weights, word_boxes, lag in [
+                ("generated", out["generated"], named, 0),
+                ("previous", out["generated"], named, 1),
+                ("reference", out["reference"], batch["word_boxes"][:, 1:], 0),
+            ]:
+                graded[kind].append(
+                    correctness_lib.word_attention(
+                        weights, word_boxes, batch["boxes"], self.grid, self.image_size, lag=lag
+                    )
+                )
+        words = {kind: correctness_lib.concatenate(results) for kind, results in graded.items()}
+        metrics = {"loss": losses.held_out_loss(totals)}
+        metrics |= evaluate_lib.caption_bleu(captions["beam"], references)
+        metrics["bleu4_greedy"] = evaluate_lib.caption_bleu(captions["greedy"], references)["bleu4"]
+        metrics |= {f"attention_{k}": v for k, v in words["generated"].rates().items()}
+        metrics["attention_words"] = float(words["generated"].peak_in_box.size)
+        metrics["attention_previous_step_peak_in_box"] = words["previous"].rates()["peak_in_box"]
+        metrics["reference_peak_in_box"] = words["reference"].rates()["peak_in_box"]
         return metrics
 
-    def _attention(
-        self, weights: np.ndarray, word_boxes: np.ndarray, boxes: np.ndarray, lag: int = 0
-    ) -> correctness_lib.AttentionCorrectness:
-        return correctness_lib.word_attention(
-            np.asarray(weights), word_boxes, boxes, self.grid, self.image_size, lag=lag
-        )
-
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
+        """The beam-search captions of the first test images, each word's attention drawn over
+        its image with the box of the digit it names (Xu et al. 2015, Figs. 2-3)."""
         batch = self.data.eval_batches(self.config.eval.plots, split="test")[0]
-        out = runner.apply(self.generate, model, {k: batch[k] for k in ("image", "caption")})
+        rows = min(self.config.eval.plots, int((batch["caption_length"] > 0).sum()))
+        paths = [out_dir / f"attention_{i}.png" for i in range(rows)]
+        self.draw(model, batch, paths)
+        return paths
+
+    def draw(
+        self, model: nnx.Module, batch: Batch, paths: list[Any], *, beam_size: int | None = None
+    ) -> list[str]:
+        """The beam-search captions of the first ``len(paths)`` images of ``batch`` (another
+        width: ``beam_size``), each word's attention drawn over its image into its path, with
+        the box of the digit it names where the batch has the scenes' ``labels`` and ``boxes``.
+
+        ``batch["caption"]`` is teacher-forced too (the reference attention): padding will do.
+        """
+        generate = self.generate
+        if beam_size is not None:
+            generate = functools.partial(generate, beam_size=beam_size)
+        out = runner.apply(generate, model, {k: batch[k] for k in ("image", "caption")})
         captions = np.asarray(out["beam"])
         weights = np.asarray(out["generated"]).reshape(*captions.shape, *self.grid)
-        word_boxes = self.data.word_boxes(captions, batch["labels"])
-        paths = []
-        for i in range(min(self.config.eval.plots, int((batch["caption_length"] > 0).sum()))):
+        boxes = None
+        if "boxes" in batch:
+            named = self.data.word_boxes(captions, batch["labels"])
+            boxes = captioning.named_boxes(named, batch["boxes"])
+        texts = self.data.decode_captions(captions[: len(paths)])
+        for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
             words = self.data.caption_pieces(captions[i])
-            named = word_boxes[i, : len(words)]
-            paths.append(
-                visualize_lib.image_overlay(
-                    batch["image"][i],
-                    words,
-                    weights[i, : len(words)],
-                    out_dir / f"attention_{i}.png",
-                    boxes=np.where(named[:, None] >= 0, batch["boxes"][i, named], -1),
-                    title=self.data.decode_captions(captions[i : i + 1])[0],
-                )
+            n = len(words)
+            word_boxes = None if boxes is None else boxes[i, :n]
+            visualize_lib.image_overlay(
+                batch["image"][i], words, weights[i, :n], path, boxes=word_boxes, title=text
             )
-        return paths
+        return texts

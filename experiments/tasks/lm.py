@@ -12,17 +12,15 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from experiments import config as config_lib
-from experiments import parallel, runner
+from experiments import losses, parallel, runner
 from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig, mesh_axes
 from experiments.data import language_model
 from experiments.data.tokenizer import PAD_ID
-from experiments.losses import masked_cross_entropy
 from experiments.runner import Batch, Evaluation, Setup
 from zoo.kernels import ring_attention
 from zoo.models.protocol import kernel_graphdef, weights_graphdef
@@ -42,8 +40,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         config_lib.check_choice("data", "tokenizer", self.tokenizer, ("char", "bpe"))
-        for name in ("bpe_vocab_size", "context_length"):
-            config_lib.check_range("data", name, getattr(self, name), at_least=1, integer=True)
+        config_lib.check_counts("data", self, "bpe_vocab_size", "context_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +49,7 @@ class EvalConfig:
     plot_length: int = 40  # tokens of the held-out line drawn as attention maps
 
     def __post_init__(self) -> None:
-        if self.windows is not None:
-            config_lib.check_range("eval", "windows", self.windows, at_least=1, integer=True)
-        config_lib.check_range("eval", "plot_length", self.plot_length, at_least=1, integer=True)
+        config_lib.check_counts("eval", self, "windows", "plot_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,32 +115,18 @@ def presets(model: str) -> dict[str, Config]:
         ),
         eval=EvalConfig(),
     )
-    gpt2_small = dataclasses.replace(
+    sizes = dict(model_dim=768, ff_dim=3072, num_heads=12, num_layers=12)
+    gpt2_small = config_lib.replace(
         tiny,
         data=DataConfig(tokenizer="bpe", bpe_vocab_size=8192, context_length=1024),
-        model=dataclasses.replace(
-            tiny.model,
-            model_dim=768,
-            ff_dim=3072,
-            num_heads=12,
-            num_layers=12,
-            dropout_rate=0.1,
-            max_length=1024,
-            attention_bias=True,
-        ),
-        train=dataclasses.replace(
-            tiny.train, steps=100_000, batch_size=8, learning_rate=6e-4, warmup_steps=2000
-        ),
+        model=dict(sizes, dropout_rate=0.1, max_length=1024, attention_bias=True),
+        train=dict(steps=100_000, batch_size=8, learning_rate=6e-4, warmup_steps=2000),
     )
-    smoke = dataclasses.replace(
+    smoke = config_lib.replace(
         tiny,
-        data=DataConfig(context_length=16),
-        model=dataclasses.replace(
-            tiny.model, model_dim=16, ff_dim=32, num_heads=2, num_layers=2, max_length=32
-        ),
-        train=dataclasses.replace(
-            tiny.train, steps=4, batch_size=4, eval_every=4, checkpoint_every=2, log_every=1
-        ),
+        data={"context_length": 16},
+        model=dict(model_dim=16, ff_dim=32, num_heads=2, num_layers=2, max_length=32),
+        train={**config_lib.SMOKE_TRAIN, "batch_size": 4},
         eval=EvalConfig(windows=8, plot_length=12),
     )
     return {"tiny": tiny, "gpt2_small": gpt2_small, "smoke": smoke}
@@ -206,8 +187,8 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
 def loss_fn(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
     """Mean next-token cross-entropy in nats; dropout keyed by the step's rng."""
     tokens = batch["tokens"]  # [B, T+1]
-    total, count = masked_cross_entropy(model(tokens[:, :-1], rngs=rng), tokens[:, 1:])
-    return total / jnp.maximum(count, 1), {}
+    loss, _ = losses.mean_cross_entropy(model(tokens[:, :-1], rngs=rng), tokens[:, 1:])
+    return loss, {}
 
 
 def sums(model: Any, batch: Batch) -> dict[str, jax.Array]:
@@ -215,8 +196,7 @@ def sums(model: Any, batch: Batch) -> dict[str, jax.Array]:
     if model.config.kernel == "ring":  # evaluation holds the model on one device, no ring
         model = nnx.merge(kernel_graphdef(model, "auto"), nnx.state(model))
     tokens = batch["tokens"]
-    total, count = masked_cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
-    return {"nll": total, "tokens": count}
+    return losses.nll_sums(model(tokens[:, :-1]), tokens[:, 1:])
 
 
 class HeldOut:
@@ -233,7 +213,7 @@ class HeldOut:
     def metrics(
         self, split: str, totals: dict[str, float], batches: Any, outputs: list[Any]
     ) -> dict[str, float]:
-        loss = totals["nll"] / max(totals["tokens"], 1.0)
+        loss = losses.held_out_loss(totals)
         return {"loss": loss, "perplexity": float(np.exp(loss))}
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:

@@ -10,6 +10,7 @@ cross-attention.
 
 import dataclasses
 import functools
+import operator
 import pathlib
 from typing import Any
 
@@ -18,15 +19,13 @@ import numpy as np
 from flax import nnx
 
 from experiments import config as config_lib
+from experiments import decode, losses, runner
 from experiments import evaluate as evaluate_lib
-from experiments import runner
 from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig
 from experiments.data import translation
-from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from experiments.losses import masked_cross_entropy, token_accuracy
+from experiments.data.tokenizer import PAD_ID
 from experiments.runner import Batch, Evaluation, Setup
-from zoo import decoding
 from zoo.models.protocol import weights_graphdef
 from zoo.models.rnnsearch import RNNSearch, RNNSearchConfig
 from zoo.models.transformer import BASE, BIG, Transformer, TransformerConfig
@@ -47,20 +46,9 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    # Held-out sentences scored and translated for BLEU (none of them seen in training), in
-    # batches of train.batch_size.
-    examples: int = 500
-    beam_size: int = 5  # beam width for BLEU
-    length_penalty: float = 0.6  # GNMT alpha (Wu et al. 2016, eq. 14); 0 = none
-    plots: int = 4  # held-out sentences drawn as alignment heatmaps
-
-    def __post_init__(self) -> None:
-        for name in ("examples", "beam_size", "plots"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.length_penalty < 0:
-            raise ValueError(f"eval.length_penalty must be >= 0, got {self.length_penalty}")
+class EvalConfig(config_lib.BeamEvalConfig):
+    """Held-out sentences (none of them seen in training) scored and translated for BLEU, in
+    batches of train.batch_size; ``plots`` of them drawn as alignment heatmaps."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,41 +63,30 @@ class Config:
     eval: EvalConfig
 
 
+# Every model's tiny preset trains in about ten minutes on 2 CPU cores (the main job's budget is
+# 15), its smoke preset in seconds.
+_TINY: dict[str, Any] = {
+    "data": DataConfig(max_length=40),
+    "eval": EvalConfig(examples=300, beam_size=4),
+}
+_TINY_TRAIN: dict[str, Any] = dict(
+    steps=1500, batch_size=64, eval_every=1500, checkpoint_every=250, log_every=25
+)
+_SMOKE: dict[str, Any] = {
+    "data": {"max_length": 24},
+    "train": config_lib.SMOKE_TRAIN,
+    "eval": EvalConfig(examples=8, beam_size=2, plots=1),
+}
+
+
 def presets(model: str) -> dict[str, Any]:
     if model == "transformer":
         return _transformer_presets()
-    attention = model == "rnnsearch"
-    # Sized to train in about ten minutes on 2 CPU cores (the main job's budget is 15).
-    tiny_model = RNNSearchConfig(
-        source_vocab_size=4000,
-        target_vocab_size=4000,
-        embed_dim=128,
-        hidden_dim=192,
-        attention_dim=192,
-        maxout_dim=96,
-        attention=attention,
-    )
-    tiny = Config(
-        experiment="translate",
-        model_name=model,
-        data=DataConfig(max_length=40),
-        model=tiny_model,
-        train=TrainConfig(
-            steps=1500,
-            batch_size=64,
-            learning_rate=2e-3,
-            warmup_steps=100,
-            eval_every=1500,
-            checkpoint_every=250,
-            log_every=25,
-        ),
-        eval=EvalConfig(examples=300, beam_size=4),
-    )
     paper = Config(
         experiment="translate",
         model_name=model,
         data=DataConfig(max_length=50),
-        model=RNNSearchConfig(attention=attention),  # the paper's sizes, appendix A.2
+        model=RNNSearchConfig(attention=model == "rnnsearch"),  # the sizes of appendix A.2
         # Appendix B.2: minibatches of 80 sentences, Adadelta; about 5 days on a GPU.
         train=TrainConfig(
             steps=300_000,
@@ -123,84 +100,54 @@ def presets(model: str) -> dict[str, Any]:
         ),
         eval=EvalConfig(beam_size=12, examples=2000),
     )
-    smoke = dataclasses.replace(
-        tiny,
-        data=DataConfig(max_length=24),
-        model=dataclasses.replace(
-            tiny_model,
-            source_vocab_size=300,
-            target_vocab_size=300,
-            embed_dim=16,
-            hidden_dim=24,
-            attention_dim=16,
-            maxout_dim=8,
-        ),
-        train=dataclasses.replace(
-            tiny.train, steps=4, batch_size=8, eval_every=4, checkpoint_every=2, log_every=1
-        ),
-        eval=EvalConfig(examples=8, beam_size=2, plots=1),
+    sizes = dict(embed_dim=128, hidden_dim=192, attention_dim=192, maxout_dim=96)
+    tiny = config_lib.replace(
+        paper,
+        model=dict(sizes, source_vocab_size=4000, target_vocab_size=4000),
+        train=TrainConfig(**_TINY_TRAIN, learning_rate=2e-3, warmup_steps=100),
+        **_TINY,
+    )
+    sizes = dict(embed_dim=16, hidden_dim=24, attention_dim=16, maxout_dim=8)
+    smoke = config_lib.replace(
+        tiny, model=dict(sizes, source_vocab_size=300, target_vocab_size=300), **_SMOKE
     )
     return {"tiny": tiny, "paper": paper, "smoke": smoke}
 
 
-_VOCAB = 8000  # the shared vocabulary of the base and big presets
-
-
 def _transformer_presets() -> dict[str, Config]:
     # The paper's recipe (sec. 5.3-5.4): Adam, warm-up then 1/sqrt(step), label smoothing 0.1,
-    # residual dropout 0.1, post-LN, shared vocabulary and tied embeddings.
-    paper_train = TrainConfig(
-        steps=100_000,
-        batch_size=128,
-        learning_rate=7e-4,  # the peak of eq. (3) for d_model 512 and 4000 warm-up steps
-        schedule="rsqrt",
-        warmup_steps=4000,
-        optimizer="adam",
-        label_smoothing=0.1,
-        eval_every=5000,
-        checkpoint_every=1000,
-    )
-    tiny = Config(
+    # residual dropout 0.1, post-LN, shared vocabulary and tied embeddings; Table 3's base and
+    # big models on a smaller vocabulary.
+    base = Config(
         experiment="translate",
         model_name="transformer",
-        data=DataConfig(max_length=40),
-        model=TransformerConfig(
-            vocab_size=4000, model_dim=128, ff_dim=512, num_heads=4, num_layers=3
-        ),
-        # Sized to the same ten minutes of 2 CPU cores as RNNsearch's tiny preset.
-        train=dataclasses.replace(
-            paper_train,
-            steps=1500,
-            batch_size=64,
-            learning_rate=1.5e-3,
-            warmup_steps=300,
-            eval_every=1500,
-            checkpoint_every=250,
-            log_every=25,
-        ),
-        eval=EvalConfig(examples=300, beam_size=4),
-    )
-    base = dataclasses.replace(
-        tiny,
         data=DataConfig(max_length=50),
-        model=dataclasses.replace(BASE, vocab_size=_VOCAB),  # Table 3 base, a smaller vocabulary
-        train=paper_train,
+        model=dataclasses.replace(BASE, vocab_size=8000),
+        train=TrainConfig(
+            steps=100_000,
+            batch_size=128,
+            learning_rate=7e-4,  # the peak of eq. (3) for d_model 512 and 4000 warm-up steps
+            schedule="rsqrt",
+            warmup_steps=4000,
+            optimizer="adam",
+            label_smoothing=0.1,
+            eval_every=5000,
+            checkpoint_every=1000,
+        ),
         eval=EvalConfig(examples=2000, beam_size=4),
     )
-    smoke = dataclasses.replace(
-        tiny,
-        data=DataConfig(max_length=24),
-        model=TransformerConfig(vocab_size=300, model_dim=16, ff_dim=32, num_heads=2, num_layers=1),
-        train=dataclasses.replace(
-            tiny.train, steps=4, batch_size=8, eval_every=4, checkpoint_every=2, log_every=1
-        ),
-        eval=EvalConfig(examples=8, beam_size=2, plots=1),
+    big = config_lib.replace(
+        base, model=dataclasses.replace(BIG, vocab_size=8000), train={"learning_rate": 5e-4}
     )
-    big = dataclasses.replace(
+    sizes = dict(model_dim=128, ff_dim=512, num_heads=4, num_layers=3)
+    tiny = config_lib.replace(
         base,
-        model=dataclasses.replace(BIG, vocab_size=_VOCAB),
-        train=dataclasses.replace(paper_train, learning_rate=5e-4),
+        model=dict(sizes, vocab_size=4000),
+        train=dict(_TINY_TRAIN, learning_rate=1.5e-3, warmup_steps=300),
+        **_TINY,
     )
+    sizes = dict(vocab_size=300, model_dim=16, ff_dim=32, num_heads=2, num_layers=1)
+    smoke = config_lib.replace(tiny, model=sizes, **_SMOKE)
     return {"tiny": tiny, "base": base, "big": big, "smoke": smoke}
 
 
@@ -210,7 +157,6 @@ def load_config(path: pathlib.Path) -> Config:
 
 def setup(config: Config, workdir: pathlib.Path) -> Setup:
     del workdir
-    transformer = isinstance(config.model, TransformerConfig)
     if isinstance(config.model, TransformerConfig):
         source_vocab = target_vocab = config.model.vocab_size
     else:
@@ -222,18 +168,14 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         source_vocab_size=source_vocab,
         target_vocab_size=target_vocab,
         # The Transformer ties source and target embeddings: one shared vocabulary.
-        shared_vocab=transformer,
+        shared_vocab=isinstance(config.model, TransformerConfig),
         max_length=config.data.max_length,
         batch_size=config.train.batch_size,
         seed=config.train.seed,
     )
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, pad_id=PAD_ID))
-    rngs = nnx.Rngs(config.train.seed)
-    model = (
-        Transformer(config.model, rngs=rngs)
-        if isinstance(config.model, TransformerConfig)
-        else RNNSearch(config.model, rngs=rngs)
-    )
+    make_model = Transformer if isinstance(config.model, TransformerConfig) else RNNSearch
+    model = make_model(config.model, rngs=nnx.Rngs(config.train.seed))  # type: ignore[arg-type]
     generate = functools.partial(
         translate,
         beam_size=config.eval.beam_size,
@@ -246,12 +188,7 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         model=model,
         batches=data.train_iterator(),
         loss_fn=functools.partial(loss_fn, label_smoothing=config.train.label_smoothing),
-        evaluation=Evaluation(
-            batches=held_out.batches,
-            sums=sums,
-            generate=generate,
-            metrics=held_out.metrics,
-        ),
+        evaluation=Evaluation(held_out.batches, sums, held_out.metrics, generate),
         visualize=held_out.visualize,
         count_tokens=lambda batch: int(np.sum(batch["target"] != PAD_ID)),
         best_metric="bleu",
@@ -260,9 +197,11 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
     )
 
 
-def _forward(model: Any, source: jax.Array, target_in: jax.Array, rng: Any) -> jax.Array:
-    """Teacher-forced logits; dropout (the Transformer's) keyed by ``rng`` when given."""
-    return model(source, target_in, rngs=rng)
+def _forward(model: Any, batch: Batch, rng: Any = None, **kwargs: Any) -> tuple[Any, jax.Array]:
+    """Teacher-forced ``(logits or (logits, weights), labels)``: ``batch["target"]`` is
+    ``[B, T+1]``, BOS y_1 .. y_n EOS pad ..; dropout (the Transformer's) keyed by ``rng``."""
+    target = batch["target"]
+    return model(batch["source"], target[:, :-1], rngs=rng, **kwargs), target[:, 1:]
 
 
 def loss_fn(
@@ -270,39 +209,20 @@ def loss_fn(
 ) -> tuple[jax.Array, dict]:
     """Mean cross-entropy per target token under teacher forcing (Bahdanau et al. eq. (1)),
     optionally against label-smoothed targets (Vaswani et al. sec. 5.4)."""
-    target = batch["target"]  # [B, T+1]: BOS y_1 .. y_n EOS pad ..
-    logits = _forward(model, batch["source"], target[:, :-1], rng)
-    total, tokens = masked_cross_entropy(logits, target[:, 1:], label_smoothing=label_smoothing)
-    tokens = jax.numpy.maximum(tokens, 1)
-    return total / tokens, {"accuracy": token_accuracy(logits, target[:, 1:]) / tokens}
+    logits, labels = _forward(model, batch, rng)
+    loss, tokens = losses.mean_cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return loss, {"accuracy": losses.token_accuracy(logits, labels) / tokens}
 
 
 def sums(model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
     """Summed held-out cross-entropy and its token count, teacher-forced."""
-    target = batch["target"]
-    total, tokens = masked_cross_entropy(
-        _forward(model, batch["source"], target[:, :-1], None), target[:, 1:]
-    )
-    return {"nll": total, "tokens": tokens}
+    return losses.nll_sums(*_forward(model, batch))
 
 
-def translate(
-    model: Any, batch: Batch, *, beam_size: int, length_penalty: float, max_length: int
-) -> jax.Array:
-    """The best beam-search translation of each source, ``[B, max_length]``."""
-    # The Transformer's cache has room for BOS and max_length tokens.
-    state = model.init_decode_state(model.encode(batch["source"]), max_length + 1)
-    result = decoding.beam_search(
-        model.step,
-        state,
-        beam_size=beam_size,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        pad_id=PAD_ID,
-        max_length=max_length,
-        length_penalty=length_penalty,
-    )
-    return result.tokens[:, 0]
+def translate(model: Any, batch: Batch, **beam: Any) -> jax.Array:
+    """The best beam-search translation of each source, ``[B, max_length]`` (``beam``: the
+    keywords of ``decode.best_beam``)."""
+    return decode.best_beam(model, model.encode(batch["source"]), **beam)
 
 
 class HeldOut:
@@ -324,13 +244,8 @@ class HeldOut:
     ) -> dict[str, float]:
         sources, references = self.data.eval_pairs(self.config.eval.examples, split=split)
         hypotheses = self.data.decode_targets(np.concatenate(outputs))[: len(sources)]
-        metrics = {
-            "loss": totals["nll"] / max(totals["tokens"], 1.0),
-            "bleu": evaluate_lib.corpus_bleu(hypotheses, references),
-        }
-        for bucket, bleu in evaluate_lib.bleu_by_length(sources, hypotheses, references).items():
-            metrics[f"bleu_len_{bucket}"] = bleu
-        return metrics
+        bleu = evaluate_lib.translation_bleu(sources, hypotheses, references)
+        return {"loss": losses.held_out_loss(totals), **bleu}
 
     def translate_texts(
         self, model: nnx.Module, sources: list[str], *, beam_size: int | None = None
@@ -340,28 +255,30 @@ class HeldOut:
         generate = self.generate
         if beam_size is not None:
             generate = functools.partial(generate, beam_size=beam_size)
-        size, hypotheses = self.config.train.batch_size, []
-        for start in range(0, len(sources), size):
-            chunk = sources[start : start + size]
-            # Pad the last chunk to the full batch so the decoder compiles once.
-            padded = chunk + [chunk[-1]] * (size - len(chunk))
-            ids = self.data.encode_sources(padded, self.config.data.max_length)
-            tokens = runner.apply(generate, model, {"source": ids})
-            hypotheses += self.data.decode_targets(np.asarray(tokens))[: len(chunk)]
-        return hypotheses
+        ids = self.data.encode_sources(sources, self.config.data.max_length)
+        size = self.config.train.batch_size
+        return self.data.decode_targets(decode.in_batches(generate, model, {"source": ids}, size))
 
     def attention(
         self, model: Any, sources: list[str], hypotheses: list[str]
-    ) -> tuple[np.ndarray, np.ndarray, Any]:
-        """``(source ids [B, S], target ids [B, T+1], weights)``: the attention while
-        teacher-forcing each translation, ``[B, T, S]`` or, for the Transformer, a dict of
-        per-layer ``[B, N, *, *]`` (Transformer.__call__'s)."""
+    ) -> list[visualize_lib.Aligned]:
+        """Each translation with its attention while teacher-forced (``visualize.aligned``)."""
         width = self.config.data.max_length
         source_ids = self.data.encode_sources(sources, width)
         target_ids = self.data.encode_targets(hypotheses, width + 1)
         looking = nnx.merge(weights_graphdef(model), nnx.state(model))
         batch = {"source": source_ids, "target": target_ids}
-        return source_ids, target_ids, jax.device_get(runner.apply(_alignment, looking, batch))
+        weights = jax.device_get(runner.apply(_alignment, looking, batch))
+        return [
+            visualize_lib.aligned(
+                source,
+                hypothesis,
+                self.data.source_pieces(source_ids[i]),
+                self.data.target_pieces(target_ids[i, 1:]),
+                jax.tree.map(operator.itemgetter(i), weights),
+            )
+            for i, (source, hypothesis) in enumerate(zip(sources, hypotheses, strict=True))
+        ]
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
         """The alignment (Bahdanau et al. 2014, Fig. 3) of a few test sentences' beam-search
@@ -374,33 +291,15 @@ class HeldOut:
         return self.draw(model, sources, self.translate_texts(model, sources), paths)
 
     def draw(
-        self,
-        model: nnx.Module,
-        sources: list[str],
-        hypotheses: list[str],
-        paths: list[pathlib.Path],
+        self, model: nnx.Module, sources: list[str], hypotheses: list[str], paths: list[Any]
     ) -> list[pathlib.Path]:
-        """Each translation's attention into its path: the alignment heatmap, or for the
-        Transformer every layer's and head's cross-attention."""
-        source_ids, target_ids, weights = self.attention(model, sources, hypotheses)
-        for i, (source, hypothesis, path) in enumerate(
-            zip(sources, hypotheses, paths, strict=True)
-        ):
-            source_pieces = self.data.source_pieces(source_ids[i])
-            target_pieces = self.data.target_pieces(target_ids[i, 1:])
-            T, S = len(target_pieces), len(source_pieces)
-            title = f"{source}\n-> {hypothesis}"
-            if isinstance(weights, dict):  # Transformer: every layer's and head's cross-attention
-                cross = np.stack([w[i, :, :T, :S] for w in weights["cross"]])
-                visualize_lib.head_grid(cross, target_pieces, source_pieces, path, title)
-            else:
-                visualize_lib.alignment_heatmap(
-                    weights[i, :T, :S], source_pieces, target_pieces, path, title=title
-                )
+        """Each translation's attention into its path (``visualize.translation_attention``)."""
+        for sentence, path in zip(self.attention(model, sources, hypotheses), paths, strict=True):
+            visualize_lib.translation_attention(sentence, path)
         return paths
 
 
 def _alignment(model: Any, batch: Batch) -> Any:
     """The attention while teacher-forcing ``batch["target"]``: ``[B, T, S]``, or the
     Transformer's per-layer weights."""
-    return model(batch["source"], batch["target"][:, :-1], return_weights=True)[1]
+    return _forward(model, batch, return_weights=True)[0][1]

@@ -16,6 +16,7 @@ from flax import nnx
 from experiments import attend, evaluate, run, visualize
 from experiments import attention_correctness as correctness
 from experiments import config as config_lib
+from experiments.data import captioning
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.tasks import caption
 from tests.experiments import mixed_precision
@@ -99,7 +100,7 @@ def test_loss_is_nll_plus_the_penalty_per_token_and_zero_strength_drops_it(smoke
         weighted = loss_fn(model, batch, rng, penalty_strength=1.0)
         plain = loss_fn(model, batch, rng, penalty_strength=0.0)
         dropout_free = loss_fn(model, batch, None, penalty_strength=1.0)[1]["penalty"]
-        images = caption.with_coordinates(batch["image"])
+        images = captioning.with_coordinates(batch["image"])
         _, weights = model(images, batch["caption"][:, :-1], return_weights=True)
         return weighted, plain, dropout_free, weights
 
@@ -136,7 +137,7 @@ def test_greedy_decoding_follows_the_models_argmax_and_beam_captions_are_well_fo
                 assert np.all(row[ends[0] + 1 :] == PAD_ID)
     # Greedy search is the step function's argmax, fed back, until the end token.
     model = setup.model
-    memory = model.encode(caption.with_coordinates(jnp.asarray(images[:2])))
+    memory = model.encode(captioning.with_coordinates(jnp.asarray(images[:2])))
     decoder_state = model.init_decode_state(memory, T)
     previous = jnp.full((2,), BOS_ID, jnp.int32)
     expected = []
@@ -243,7 +244,7 @@ def test_coordinate_channels_hold_each_pixels_row_and_column(smoke):
     _, _, setup = smoke
     assert setup.model.config.image_channels == 1 + 2  # grayscale scenes + (row, column)
     images = np.full((2, 3, 5, 1), 0.5, np.float32)
-    out = np.asarray(caption.with_coordinates(images))
+    out = np.asarray(captioning.with_coordinates(images))
     assert out.shape == (2, 3, 5, 3)
     np.testing.assert_array_equal(out[..., 0], images[..., 0])
     np.testing.assert_allclose(out[1, :, 4, 1], [-1.0, 0.0, 1.0])
@@ -266,7 +267,7 @@ def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     losses = mixed_precision.train(model, loss_fn, batch, config.train)
     assert losses[-1] < losses[0], losses
     assert mixed_precision.param_dtypes(model) == {jnp.dtype(jnp.float32)}
-    inputs = caption.with_coordinates(jnp.asarray(images))
+    inputs = captioning.with_coordinates(jnp.asarray(images))
     logits, weights = nnx.eval_shape(
         lambda m: m(inputs, captions[:, :-1], return_weights=True), model
     )

@@ -154,17 +154,44 @@ def test_helpers_name_the_field_and_the_range():
         config_lib.check_choice("data", "tokenizer", "word", ("char", "bpe"))
 
 
+def test_check_counts_lets_none_through_only_where_the_field_is_optional():
+    @dataclasses.dataclass(frozen=True)
+    class Counts:
+        needed: int | None = 1
+        always: int = 1
+
+    config_lib.check_counts("eval", Counts(None, 2), "needed", "always")
+    with pytest.raises(
+        config_lib.ConfigError, match=r"^eval.always: expected an int >= 1, got None$"
+    ):
+        config_lib.check_counts("eval", Counts(2, None), "needed", "always")
+    with pytest.raises(config_lib.ConfigError, match=r"^eval.needed: expected an int >= 2, got 1$"):
+        config_lib.check_counts("eval", Counts(), "needed", at_least=2)
+
+
+def test_replace_changes_fields_of_sub_configs_and_checks_them():
+    config = config_lib.replace(
+        Outer(), inner={"width": 9}, train={"steps": 10, "warmup_steps": 20}
+    )
+    assert config.inner == Inner(width=9) and config.train == TrainConfig(steps=10, warmup_steps=20)
+    assert config_lib.replace(config, inner=Inner(name="b")).inner == Inner(name="b")
+    smoke = config_lib.replace(Outer(), train=config_lib.SMOKE_TRAIN).train
+    assert (smoke.steps, smoke.checkpoint_every, smoke.learning_rate) == (4, 2, 1e-3)
+    with pytest.raises(config_lib.ConfigError, match=r"^train.steps: expected an int >= 1"):
+        config_lib.replace(Outer(), train={"steps": 0})
+
+
 @pytest.mark.parametrize(
     ("experiment", "model", "override", "message"),
     [
         ("translate", "rnnsearch", "data.max_length=1", r"data.max_length: expected an int >= 2"),
-        ("translate", "rnnsearch", "eval.beam_size=0", r"eval.beam_size must be >= 1"),
+        ("translate", "rnnsearch", "eval.beam_size=0", r"eval.beam_size: expected an int >= 1"),
         ("translate", "rnnsearch", "model.score=concat", r"score must be one of"),
         ("lm", "transformer", "data.tokenizer=word", r"data.tokenizer: expected one of"),
         ("lm", "transformer", "eval.windows=0", r"eval.windows: expected an int >= 1"),
         ("lm", "transformer", "data.context_length=999", r"must cover data.context_length"),
         ("caption", "sat", "loss.penalty_strength=-1", r"loss.penalty_strength: expected"),
-        ("caption", "sat", "eval.examples=0", r"eval.examples must be >= 1"),
+        ("caption", "sat", "eval.examples=0", r"eval.examples: expected an int >= 1"),
     ],
 )
 def test_task_settings_are_checked_when_the_config_is_built(experiment, model, override, message):

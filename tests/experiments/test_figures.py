@@ -11,8 +11,9 @@ from PIL import Image
 from benchmarks import kernels
 from experiments import config as config_lib
 from experiments import figures
-from experiments.figures import Aligned, Candidate, Reordering
+from experiments.figures import Candidate, Reordering
 from experiments.tasks import translate
+from experiments.visualize import Aligned
 
 W = figures.WORD_START
 
