@@ -464,11 +464,28 @@ def main(module_name: str, argv: list[str] | None = None) -> dict[str, Any]:
         "--out", default=None, help=f"default benchmarks/results/{module.NAME}/MODE"
     )
     parser.add_argument("--only", default=None, help="run only the cases whose name has this")
+    redo = "measure nothing: check the stored results.json's targets again, redraw its files"
+    parser.add_argument("--redraw", action="store_true", help=redo)
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out or f"benchmarks/results/{module.NAME}/{args.mode}")
+    if args.redraw:
+        return redraw(module, out)
     return run(module, args, out, args.only)
+
+
+def redraw(module: Any, out: Path) -> dict[str, Any]:
+    """The results stored in ``out`` with their targets checked again by ``module.targets``
+    (after a change to how it checks), then saved and drawn as :func:`run` does."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"error: no {path} to redraw; run without --redraw first")
+    results = json.loads(path.read_text())
+    results["targets"] = module.targets(results["rows"])
+    save(module, results, out)
+    print(f"redrew {out}/results.json and results.md", flush=True)
+    return results
 
 
 if __name__ == "__main__":

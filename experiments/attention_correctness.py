@@ -42,6 +42,7 @@ import numpy as np
 __all__ = [
     "AttentionCorrectness",
     "attention_correctness",
+    "caption_metrics",
     "concatenate",
     "peak_locations",
     "word_attention",
@@ -162,6 +163,42 @@ def concatenate(
 ) -> AttentionCorrectness:
     """The results of several batches as one."""
     return AttentionCorrectness(*(np.concatenate(parts) for parts in zip(*results, strict=True)))
+
+
+def caption_metrics(
+    batches: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    named: list[np.ndarray],
+    grid: tuple[int, int],
+    image_size: tuple[int, int],
+) -> dict[str, float]:
+    """A split's attention metrics, as the caption task reports them: the rates of every
+    beam-search word that names a box (``attention_*``, and how many words), the peak-in-box
+    rate of the step before each of them, and that of each reference word (teacher-forced).
+
+    Args:
+      batches: each with ``boxes [B, M, 4]`` and the reference's ``word_boxes [B, T+1]``
+        (BOS first).
+      outputs: each with the attention ``generated`` (while re-reading the beam's caption)
+        and ``reference`` (while teacher-forcing the reference), ``[B, T, gh * gw]``.
+      named: each batch's box named by every beam word, ``[B, T]`` (or -1).
+    """
+    graded: dict[str, list[AttentionCorrectness]] = {"generated": [], "previous": [],
+                                                     "reference": []}  # fmt: skip
+    for batch, out, words in zip(batches, outputs, named, strict=True):
+        for kind, weights, word_boxes, lag in [
+            ("generated", out["generated"], words, 0),
+            ("previous", out["generated"], words, 1),
+            ("reference", out["reference"], batch["word_boxes"][:, 1:], 0),
+        ]:
+            result = word_attention(weights, word_boxes, batch["boxes"], grid, image_size, lag=lag)
+            graded[kind].append(result)
+    generated, previous, reference = (concatenate(graded[k]) for k in graded)
+    metrics = {f"attention_{k}": v for k, v in generated.rates().items()}
+    metrics["attention_words"] = float(generated.peak_in_box.size)
+    metrics["attention_previous_step_peak_in_box"] = previous.rates()["peak_in_box"]
+    metrics["reference_peak_in_box"] = reference.rates()["peak_in_box"]
+    return metrics
 
 
 def _overlap(start: np.ndarray, stop: np.ndarray, size: int, cells: int) -> np.ndarray:

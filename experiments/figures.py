@@ -395,7 +395,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--bench-results",
         type=pathlib.Path,
-        default=pathlib.Path("benchmarks/results/kernels/quick"),
+        default=pathlib.Path("benchmarks/results/kernels/targets"),
         help="directory of the kernel benchmark's results.json",
     )
     parser.add_argument(

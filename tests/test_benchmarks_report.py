@@ -130,25 +130,51 @@ def test_kernel_rows_have_every_peer_and_the_block_gemm_roofline(kernel_row):
     assert "MiB" in kernels.cell(merged, "zoo.auto") and "skip" in kernels.cell(merged, "flax.nnx")
 
 
-def test_kernel_targets_name_the_cpu_and_give_the_block_gemm_reason(kernel_row):
+def _target_row(kernel_row: list, gemm: dict[str, float]) -> dict:
+    """A float32 B=1 N=8 H=64 row (the targets' shape): torch twice as fast as the zoo,
+    tokamax half as fast."""
     row = dict(kernel_row[0])
     row["case"] = {**kernels.case(1024, causal=True, pass_="fwd"), "impls": []}
-    row["block_gemm"] = {"block": [256, 256], "gflops": {"xla": 100.0, "torch": 200.0}}
+    row["block_gemm"] = {"block": [256, 256], "gflops": gemm}
     timing = {"samples": 3, "clean_samples": 3, "mean_contention": 0.0}
     row["impls"] = {
         "zoo.auto": {"median_s": 1.0, **timing},
         "torch.sdpa": {"median_s": 0.5, **timing},  # twice as fast: missed
         "tokamax.xla_chunked": {"median_s": 2.0, **timing},  # half as fast: met
     }
+    return row
+
+
+def test_kernel_targets_name_the_cpu_and_give_the_block_gemm_reason(kernel_row):
+    row = _target_row(kernel_row, {"xla": 100.0, "torch": 200.0})
     checks = {t["name"].split(" on ")[0]: t for t in kernels.targets([row])}
     torch, tokamax = (
         checks["zoo GFLOP/s / torch.sdpa's"],
         checks["zoo GFLOP/s / tokamax.xla_chunked's"],
     )
     assert (torch["verdict"], torch["measured"]) == ("missed", 0.5)
-    assert "xla 100, torch 200" in torch["note"]
+    assert "xla 100, torch 200; torch's is faster" in torch["note"]
     assert (tokamax["verdict"], tokamax["measured"], tokamax["note"]) == ("met", 2.0, "")
     assert row["cpu"] in torch["name"] and "jax.nn" not in " ".join(checks)  # T < 4,096
+    # Where XLA's block GEMM is the faster one, the reason is elsewhere, and says so.
+    row = _target_row(kernel_row, {"xla": 300.0, "torch": 200.0})
+    (torch,) = [t for t in kernels.targets([row]) if "torch.sdpa" in t["name"]]
+    assert torch["verdict"] == "missed" and "the time is outside its matmuls" in torch["note"]
+
+
+def test_redraw_checks_the_stored_targets_again_and_measures_nothing(kernel_row, tmp_path):
+    row = _target_row(kernel_row, {"xla": 100.0, "torch": 200.0})
+    stored = {"benchmark": "kernels", "mode": "quick", "options": {},
+              "machine": harness.machine_info(), "roofline": {"dense_matmul_gflops": {}},
+              "rows": [row], "targets": []}  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(stored))
+    redrawn = harness.main("benchmarks.kernels", ["--redraw", "--out", str(tmp_path)])
+    assert redrawn["rows"] == [row] and len(redrawn["targets"]) == 2
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["targets"] == redrawn["targets"]
+    assert "missed" in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit, match=r"no .*results.json to redraw"):
+        harness.main("benchmarks.kernels", ["--redraw", "--out", str(tmp_path / "none")])
 
 
 # The committed report.

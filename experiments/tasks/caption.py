@@ -114,28 +114,14 @@ def presets(model: str) -> dict[str, Config]:
         model_name="sat",
         # The longest digit-scene caption has 20 words: 21 tokens with EOS.
         data=DataConfig(name="digit_scenes/canvas64", max_length=21),
-        model=ShowAttendTellConfig(
-            vocab_size=23,
-            embed_dim=64,
-            hidden_dim=128,
-            annotation_dim=64,
-            attention_dim=64,
-            image_channels=1,
-            conv_channels=(16, 32, 64),
-            dropout_rate=0.1,
-        ),
+        model=ShowAttendTellConfig(vocab_size=23, embed_dim=64, hidden_dim=128, annotation_dim=64,
+                                   attention_dim=64, image_channels=1, conv_channels=(16, 32, 64),
+                                   dropout_rate=0.1),
         loss=LossConfig(penalty_strength=1.0),
-        train=TrainConfig(
-            steps=3000,
-            batch_size=48,
-            learning_rate=1e-2,
-            warmup_steps=100,
-            eval_every=1000,
-            checkpoint_every=250,
-            log_every=25,
-        ),
+        train=TrainConfig(steps=3000, batch_size=48, learning_rate=1e-2, warmup_steps=100,
+                          eval_every=1000, checkpoint_every=250, log_every=25),
         eval=EvalConfig(examples=500, beam_size=3),
-    )
+    )  # fmt: skip
     # The paper's decoder sizes (ShowAttendTellConfig's defaults: m = 512, n = 1800,
     # D = A = 512) over a VGG-like CNN on 96 x 96 scenes: three stages -> a 12 x 12 x 512 grid,
     # near VGG conv5_4's 14 x 14 x 512 (sec. 4.3). Adam, minibatches of 64 (sec. 4.3).
@@ -143,17 +129,10 @@ def presets(model: str) -> dict[str, Config]:
         tiny,
         data={"name": "digit_scenes/canvas96"},
         model=ShowAttendTellConfig(image_channels=1, conv_channels=(64, 128, 256)),
-        train=TrainConfig(
-            steps=50_000,
-            batch_size=64,
-            learning_rate=1e-3,
-            warmup_steps=500,
-            eval_every=2500,
-            checkpoint_every=1000,
-            log_every=50,
-        ),
+        train=TrainConfig(steps=50_000, batch_size=64, learning_rate=1e-3, warmup_steps=500,
+                          eval_every=2500, checkpoint_every=1000, log_every=50),
         eval=EvalConfig(examples=1000, beam_size=5),
-    )
+    )  # fmt: skip
     sizes = dict(embed_dim=8, hidden_dim=12, annotation_dim=8, attention_dim=8)
     smoke = config_lib.replace(
         tiny,
@@ -169,8 +148,14 @@ def load_config(path: pathlib.Path) -> Config:
     return config_lib.load(Config, path)
 
 
-def make_data(config: Config) -> captioning.CaptionData:
-    return captioning.make_caption_data(
+def make_model(config: Config) -> ShowAttendTell:
+    """The model of a config whose data-dependent fields :func:`setup` has filled in."""
+    return ShowAttendTell(config.model, rngs=nnx.Rngs(config.train.seed))
+
+
+def setup(config: Config, workdir: pathlib.Path) -> Setup:
+    del workdir
+    data = captioning.make_caption_data(
         config.data.name,
         data_dir=pathlib.Path(config.data.data_dir),
         manual_dir=config.data.manual_dir,
@@ -180,16 +165,6 @@ def make_data(config: Config) -> captioning.CaptionData:
         image_size=config.data.image_size,
         vocab_size=config.data.vocab_size,
     )
-
-
-def make_model(config: Config) -> ShowAttendTell:
-    """The model of a config whose data-dependent fields :func:`setup` has filled in."""
-    return ShowAttendTell(config.model, rngs=nnx.Rngs(config.train.seed))
-
-
-def setup(config: Config, workdir: pathlib.Path) -> Setup:
-    del workdir
-    data = make_data(config)
     channels = data.channels + captioning.COORDINATE_CHANNELS * config.data.coordinates
     model_config = dataclasses.replace(
         config.model, vocab_size=data.vocab_size, image_channels=channels, pad_id=PAD_ID
@@ -211,14 +186,12 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         length_penalty=config.eval.length_penalty,
     )
     held_out = HeldOut(config, data, model.grid_shape(data.image_size, data.image_size), generate)
-    penalty_strength = config.loss.penalty_strength
+    strength = config.loss.penalty_strength
     return Setup(
         config=config,
         model=model,
         batches=data.train_iterator(),
-        loss_fn=functools.partial(
-            loss_fn, penalty_strength=penalty_strength, coordinates=coordinates
-        ),
+        loss_fn=functools.partial(loss_fn, penalty_strength=strength, coordinates=coordinates),
         evaluation=Evaluation(
             held_out.batches,
             functools.partial(sums, coordinates=coordinates),
@@ -324,31 +297,17 @@ class HeldOut:
         # References in the word form of the hypotheses (lower case, punctuation split off).
         references = [tuple(" ".join(split_words(r)) for r in refs) for refs in references]
         captions: dict[str, list[str]] = {"beam": [], "greedy": []}
-        graded: dict[str, list[Any]] = {"generated": [], "previous": [], "reference": []}
+        named = []  # the box each beam word names
         for batch, out in zip(batches, outputs, strict=True):
             rows = int((batch["caption_length"] > 0).sum())  # the rest is padding
             for kind, texts in captions.items():
                 texts.extend(self.data.decode_captions(out[kind])[:rows])
-            named = self.data.word_boxes(out["beam"], batch["labels"])
-            # Each beam word's attention, the step's before it, and each reference word's.
-            for kind, weights, word_boxes, lag in [
-                ("generated", out["generated"], named, 0),
-                ("previous", out["generated"], named, 1),
-                ("reference", out["reference"], batch["word_boxes"][:, 1:], 0),
-            ]:
-                graded[kind].append(
-                    correctness_lib.word_attention(
-                        weights, word_boxes, batch["boxes"], self.grid, self.image_size, lag=lag
-                    )
-                )
-        words = {kind: correctness_lib.concatenate(results) for kind, results in graded.items()}
+            named.append(self.data.word_boxes(out["beam"], batch["labels"]))
         metrics = {"loss": losses.held_out_loss(totals)}
         metrics |= evaluate_lib.caption_bleu(captions["beam"], references)
         metrics["bleu4_greedy"] = evaluate_lib.caption_bleu(captions["greedy"], references)["bleu4"]
-        metrics |= {f"attention_{k}": v for k, v in words["generated"].rates().items()}
-        metrics["attention_words"] = float(words["generated"].peak_in_box.size)
-        metrics["attention_previous_step_peak_in_box"] = words["previous"].rates()["peak_in_box"]
-        metrics["reference_peak_in_box"] = words["reference"].rates()["peak_in_box"]
+        grading = (named, self.grid, self.image_size)
+        metrics |= correctness_lib.caption_metrics(batches, outputs, *grading)
         return metrics
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -375,16 +334,12 @@ class HeldOut:
         out = runner.apply(generate, model, {k: batch[k] for k in ("image", "caption")})
         captions = np.asarray(out["beam"])
         weights = np.asarray(out["generated"]).reshape(*captions.shape, *self.grid)
-        boxes = None
-        if "boxes" in batch:
-            named = self.data.word_boxes(captions, batch["labels"])
-            boxes = captioning.named_boxes(named, batch["boxes"])
+        named = self.data.word_boxes(captions, batch["labels"]) if "boxes" in batch else None
+        boxes = None if named is None else captioning.named_boxes(named, batch["boxes"])
         texts = self.data.decode_captions(captions[: len(paths)])
         for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
             words = self.data.caption_pieces(captions[i])
-            n = len(words)
-            word_boxes = None if boxes is None else boxes[i, :n]
-            visualize_lib.image_overlay(
-                batch["image"][i], words, weights[i, :n], path, boxes=word_boxes, title=text
-            )
+            n, image = len(words), batch["image"][i]
+            box = None if boxes is None else boxes[i, :n]
+            visualize_lib.image_overlay(image, words, weights[i, :n], path, boxes=box, title=text)
         return texts

@@ -88,18 +88,11 @@ def presets(model: str) -> dict[str, Any]:
         data=DataConfig(max_length=50),
         model=RNNSearchConfig(attention=model == "rnnsearch"),  # the sizes of appendix A.2
         # Appendix B.2: minibatches of 80 sentences, Adadelta; about 5 days on a GPU.
-        train=TrainConfig(
-            steps=300_000,
-            batch_size=80,
-            learning_rate=1.0,
-            schedule="constant",
-            warmup_steps=0,
-            optimizer="adadelta",
-            eval_every=5000,
-            checkpoint_every=1000,
-        ),
+        train=TrainConfig(steps=300_000, batch_size=80, learning_rate=1.0, schedule="constant",
+                          warmup_steps=0, optimizer="adadelta", eval_every=5000,
+                          checkpoint_every=1000),
         eval=EvalConfig(beam_size=12, examples=2000),
-    )
+    )  # fmt: skip
     sizes = dict(embed_dim=128, hidden_dim=192, attention_dim=192, maxout_dim=96)
     tiny = config_lib.replace(
         paper,
@@ -123,19 +116,12 @@ def _transformer_presets() -> dict[str, Config]:
         model_name="transformer",
         data=DataConfig(max_length=50),
         model=dataclasses.replace(BASE, vocab_size=8000),
-        train=TrainConfig(
-            steps=100_000,
-            batch_size=128,
-            learning_rate=7e-4,  # the peak of eq. (3) for d_model 512 and 4000 warm-up steps
-            schedule="rsqrt",
-            warmup_steps=4000,
-            optimizer="adam",
-            label_smoothing=0.1,
-            eval_every=5000,
-            checkpoint_every=1000,
-        ),
+        # learning_rate: the peak of eq. (3) for d_model 512 and 4000 warm-up steps
+        train=TrainConfig(steps=100_000, batch_size=128, learning_rate=7e-4, schedule="rsqrt",
+                          warmup_steps=4000, optimizer="adam", label_smoothing=0.1,
+                          eval_every=5000, checkpoint_every=1000),
         eval=EvalConfig(examples=2000, beam_size=4),
-    )
+    )  # fmt: skip
     big = config_lib.replace(
         base, model=dataclasses.replace(BIG, vocab_size=8000), train={"learning_rate": 5e-4}
     )
