@@ -33,6 +33,7 @@ SIZES: dict[str, dict[str, Row]] = {
 # name: (which call, its implementation); each only where it can run
 PEERS = {"zoo dispatch": ("zoo", None), "zoo blockwise": ("zoo", "blockwise"),
          "tokamax mosaic": ("zoo", "tokamax.mosaic"), "tokamax triton": ("zoo", "tokamax.triton"),
+         "tokamax cudnn": ("zoo", "tokamax.cudnn"),
          "jax.nn cudnn": ("jax.nn", "cudnn"), "jax.nn xla": ("jax.nn", "xla"),
          "torch sdpa": ("torch", None)}  # fmt: skip
 ADDITIVE = ("pallas", "blockwise (lax)")

@@ -40,8 +40,9 @@ NOTE = (
     "Per cell: median ms / useful GFLOP/s (forward 4·B·N·T·S·H, forward+backward 3x, halved "
     "when causal) / its fraction of the **block GEMM**: XLA's batched matmul at the zoo "
     "kernel's own block shape (Q·Kᵀ then P·V of one query block against one key block), "
-    "timed in the same process, the rate no blockwise kernel built from XLA matmuls can "
-    "exceed; torch's `bmm` at the same shape is beside it. Then the peak MiB above the inputs "
+    "timed alone in the same process: one block's rate, which a kernel running independent "
+    "blocks side by side on the cores can exceed (a fraction above 1); torch's `bmm` at the "
+    "same shape is beside it. Then the peak MiB above the inputs "
     "of one call in a fresh process, where measured. Each case's implementations are timed "
     "interleaved in one fresh process after compiling; `*` marks a median of contended samples."
 )
