@@ -75,7 +75,8 @@ def headline(targets: list[dict[str, Any]], source: str) -> list[str]:
                 f"{_number(statistics.median(values), first['unit'])}"
             )
         reasons = list(dict.fromkeys(t["note"] for t in measured if t["note"]))
-        notes = [source, *(reasons if len(reasons) <= 2 else [f"{len(reasons)} notes below"])]
+        many = [f"{len(reasons)} notes in its section of RESULTS.md"]
+        notes = [source, *(reasons if len(reasons) <= 2 else many)]
         contended = sum(t["contended"] for t in measured)
         if contended:
             notes.append(f"{contended} of {len(measured)} from contended samples")
