@@ -24,7 +24,9 @@ MODES = {
     "full": "nanoGPT's shakespeare_char LM, N = 128 ... 2,048; beams W = 1 ... 8 at N = 512",
     "smoke": "the smoke LM (2 layers, 16 wide), N = 12: seconds, for the tests",
 }
-# Token ids of every tokenizer of the zoo (experiments.data): 0 = PAD, 2 = EOS; 0-3 special.
+# Special ids 0-3 as in experiments.data.tokenizer (not imported: the report reads this module
+# without experiments): 0 = PAD; the weights are untrained, so the end token masked out of
+# the logits is any special id, here 2; prompts draw from the ids after the special ones.
 PAD_ID, EOS_ID, FIRST_REAL_ID = 0, 2, 4
 TARGET = Target("KV-cache decoding speed / full recomputation at 1,024 generated tokens", 10.0)
 NOTE = """\
