@@ -107,10 +107,10 @@ def _sat(preset: str, B: int) -> dict[str, Any]:
     config = caption.presets("sat")[preset]
     # The digit scenes: grey, 64 x 64 (canvas64, smoke) or 96 x 96 (canvas96).
     size, channels = (96 if config.data.name.endswith("canvas96") else 64), 1
-    model = dataclasses.replace(config.model, image_channels=channels + 2 * config.data.coordinates)
+    model = dataclasses.replace(config.model, image_channels=channels)
     T, rng = config.data.max_length, np.random.default_rng(0)
     return {"model": ShowAttendTell(model, rngs=nnx.Rngs(config.train.seed)), "train": config.train,
-            "loss_fn": functools.partial(caption.loss_fn, coordinates=config.data.coordinates,
+            "loss_fn": functools.partial(caption.loss_fn,
                                          penalty_strength=config.loss.penalty_strength),
             "batch": {"image": rng.random((B, size, size, channels), np.float32),
                       "caption": _tokens(rng, (B, T + 1), model.vocab_size)},

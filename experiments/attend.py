@@ -36,7 +36,7 @@ def _say_unknown(count: int, what: str) -> None:
         print(f"note: {count} {what} outside the model's vocabulary read as <unk>")
 
 
-def translate(loaded: runner.Run, text: str, out: pathlib.Path, beam_size: int | None) -> str:
+def translate(loaded: runner.Run, text: str, out: pathlib.Path) -> str:
     """Print and return the translation of ``text``; draw its attention into ``out``."""
     held_out, config = loaded.setup.held_out, loaded.config
     data, width = held_out.data, config.data.max_length
@@ -45,7 +45,7 @@ def translate(loaded: runner.Run, text: str, out: pathlib.Path, beam_size: int |
     if len(ids) + 1 > width:  # + the end token
         kept = data.source_pieces(ids[: width - 1])
         print(f"warning: the source is cut to {width - 1} pieces, after {''.join(kept[-3:])!r}")
-    (hypothesis,) = held_out.translate_texts(loaded.model, [text], beam_size=beam_size)
+    (hypothesis,) = held_out.translate_texts(loaded.model, [text])
     print(hypothesis)
     if getattr(config.model, "attention", True) is False:
         print("RNNencdec has no attention (one fixed summary of the source): nothing to draw")
@@ -55,7 +55,7 @@ def translate(loaded: runner.Run, text: str, out: pathlib.Path, beam_size: int |
     return hypothesis
 
 
-def caption(loaded: runner.Run, image_path: str, out: pathlib.Path, beam_size: int | None) -> str:
+def caption(loaded: runner.Run, image_path: str, out: pathlib.Path) -> str:
     """Print and return the caption of the image at ``image_path``; draw its attention."""
     from experiments.data.captioning import decode_image
 
@@ -70,7 +70,7 @@ def caption(loaded: runner.Run, image_path: str, out: pathlib.Path, beam_size: i
     # A caption of padding: generation needs none, the reference-attention pass reads it.
     dummy = np.zeros((1, data.max_length + 1), np.int32)
     batch = {"image": image[None], "caption": dummy}
-    (text,) = held_out.draw(loaded.model, batch, [out], beam_size=beam_size)
+    (text,) = held_out.draw(loaded.model, batch, [out])
     print(text)
     print(f"plot: {out}")
     return text
@@ -151,12 +151,13 @@ def attend(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.beam_size is not None and args.beam_size < 1:
         raise ValueError(f"--beam_size must be >= 1, got {args.beam_size}")
-    loaded = runner.load_run(args.run_dir, best=args.best)
+    beam = [] if args.beam_size is None else [f"eval.beam_size={args.beam_size}"]
+    loaded = runner.load_run(args.run_dir, best=args.best, overrides=beam)
     out = args.out or args.run_dir / "attend.png"
     if loaded.experiment == "translate":
-        return translate(loaded, args.input, out, args.beam_size)
+        return translate(loaded, args.input, out)
     if loaded.experiment == "caption":
-        return caption(loaded, args.input, out, args.beam_size)
+        return caption(loaded, args.input, out)
     return continue_prompt(loaded, args.input, out, args.query, args.length)
 
 

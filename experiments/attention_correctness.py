@@ -35,6 +35,7 @@ row-major) and ``boxes [..., 4]`` with the same leading axes (or broadcastable),
 map. Pure NumPy functions; jax arrays are accepted.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -168,7 +169,7 @@ def concatenate(
 def caption_metrics(
     batches: list[dict[str, Any]],
     outputs: list[dict[str, Any]],
-    named: list[np.ndarray],
+    name_boxes: Callable[[np.ndarray, np.ndarray], np.ndarray],
     grid: tuple[int, int],
     image_size: tuple[int, int],
 ) -> dict[str, float]:
@@ -177,15 +178,18 @@ def caption_metrics(
     rate of the step before each of them, and that of each reference word (teacher-forced).
 
     Args:
-      batches: each with ``boxes [B, M, 4]`` and the reference's ``word_boxes [B, T+1]``
-        (BOS first).
-      outputs: each with the attention ``generated`` (while re-reading the beam's caption)
-        and ``reference`` (while teacher-forcing the reference), ``[B, T, gh * gw]``.
-      named: each batch's box named by every beam word, ``[B, T]`` (or -1).
+      batches: each with ``boxes [B, M, 4]``, their digit ``labels [B, M]`` and the
+        reference's ``word_boxes [B, T+1]`` (BOS first).
+      outputs: each with the ``beam`` caption ``[B, T]``, its attention ``generated`` (while
+        re-reading it) and the attention ``reference`` (while teacher-forcing the reference),
+        ``[B, T, gh * gw]``.
+      name_boxes: ``(ids [B, T], labels [B, M]) -> [B, T]``, the box each word names (or -1):
+        ``CaptionData.word_boxes``.
     """
     graded: dict[str, list[AttentionCorrectness]] = {"generated": [], "previous": [],
                                                      "reference": []}  # fmt: skip
-    for batch, out, words in zip(batches, outputs, named, strict=True):
+    for batch, out in zip(batches, outputs, strict=True):
+        words = name_boxes(out["beam"], batch["labels"])
         for kind, weights, word_boxes, lag in [
             ("generated", out["generated"], words, 0),
             ("previous", out["generated"], words, 1),

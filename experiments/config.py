@@ -192,6 +192,10 @@ class BeamEvalConfig:
         check_counts("eval", self, "examples", "beam_size", "plots")
         check_range("eval", "length_penalty", self.length_penalty, at_least=0)
 
+    def beam(self) -> dict[str, Any]:
+        """The keywords of ``experiments.decode.best_beam`` these settings give."""
+        return {"beam_size": self.beam_size, "length_penalty": self.length_penalty}
+
 
 # The train fields of every task's smoke preset: a handful of steps, each one logged, two
 # checkpoints and an evaluation, in seconds; for the tests.

@@ -249,7 +249,7 @@ def ensure_trained(figure_run: FigureRun, workdir: pathlib.Path, overrides: Sequ
                 f"{figure_run.name!r} figures need {figure_run.experiment}/{figure_run.model}; "
                 "move it away or pass another --runs"
             )
-        steps = task.load_config(saved).train.steps
+        steps = config_lib.load(task.Config, saved).train.steps
         argv = [figure_run.experiment, "--workdir", str(workdir), "--resume"]
     else:
         config = task.presets(figure_run.model)[figure_run.preset]

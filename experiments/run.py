@@ -60,7 +60,7 @@ def resolve_config(args: argparse.Namespace, task: ModuleType, workdir: pathlib.
                 f"--resume continues {workdir} under its saved config ({saved}); drop "
                 "--model/--preset/--set, or start a new --workdir"
             )
-        config = task.load_config(saved)
+        config = config_lib.load(task.Config, saved)
     else:
         if _holds_checkpoints(workdir):
             raise UsageError(

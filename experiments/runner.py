@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from experiments import config as config_lib
 from experiments import parallel, tasks
 from experiments.checkpoints import Checkpoints
 from experiments.config import TrainConfig, mesh_axes
@@ -220,8 +221,9 @@ class Run:
         return self.setup.model
 
 
-def load_run(workdir: pathlib.Path, *, best: bool = False) -> Run:
-    """The run in ``workdir``: its saved config, the task's setup, and the parameters of the
+def load_run(workdir: pathlib.Path, *, best: bool = False, overrides: Sequence[str] = ()) -> Run:
+    """The run in ``workdir``: its saved config (with ``overrides`` such as
+    ``"eval.beam_size=3"`` set, as ``--set`` does), the task's setup, and the parameters of the
     latest checkpoint (or the best one by the validation metric). Raises ValueError when
     ``workdir`` holds no run, CheckpointError when its checkpoint cannot be restored."""
     saved = workdir / "config.json"
@@ -229,7 +231,8 @@ def load_run(workdir: pathlib.Path, *, best: bool = False) -> Run:
         raise ValueError(f"{workdir} is not a run directory (no config.json)")
     experiment = json.loads(saved.read_text()).get("experiment")
     task = tasks.load(experiment)
-    setup = task.setup(task.load_config(saved), workdir)
+    config = config_lib.apply_overrides(config_lib.load(task.Config, saved), list(overrides))
+    setup = task.setup(config, workdir)
     checkpoints = Checkpoints(
         workdir, keep_last=1, best_metric=setup.best_metric, best_mode=setup.best_mode
     )

@@ -31,7 +31,7 @@ from flax import nnx
 from experiments import runner
 from experiments.data.tokenizer import EOS_ID, PAD_ID, UNK_ID
 from zoo import decoding
-from zoo.models.protocol import kernel_graphdef
+from zoo.models.protocol import on_kernel
 
 
 def continue_prompt(
@@ -58,9 +58,9 @@ def continue_prompt(
         raise ValueError(
             f"--window {window} exceeds the model's {model.config.max_length} learned positions"
         )
-    graphdef, state = nnx.split(model)
     if model.config.kernel == "ring":  # trained sequence-parallel; decoding runs on one device
-        graphdef = kernel_graphdef(model, "auto")
+        model = on_kernel(model, "auto")
+    graphdef, state = nnx.split(model)
     tokens = _generate(
         graphdef,
         state,

@@ -4,6 +4,7 @@
     iterator = data.train_iterator()          # grain iterator: get_state() / set_state()
     batch = next(iterator)                    # see "Batches" below
     examples = data.eval_examples(500)        # images, reference captions, boxes, word -> box
+    references = data.eval_references(500)    # every reference of each image, for BLEU
     hypotheses = data.decode_captions(ids)    # [B, T] ids -> strings
     boxes = data.word_boxes(ids, labels)      # which box each generated digit word names
 
@@ -22,8 +23,7 @@ against the seven's box.
 Batches (``B`` = batch_size, ``T`` = max_length, ``H = W`` = image_size, ``M`` = max_boxes;
 images as ``zoo.models.show_attend_tell`` takes them)::
 
-    image        float32 [B, H, W, C]  in [0, 1]; C = 1 (digit scenes) or 3 (photos); the
-                                       model may read C + 2 (``with_coordinates``)
+    image        float32 [B, H, W, C]  in [0, 1]; C = 1 (digit scenes) or 3 (photos)
     caption      int32   [B, T + 1]    BOS w_1 .. w_m EOS PAD ..   (m + 1 <= T)
     caption_length int32 [B]           m + 2 (BOS and EOS counted); 0 for padding rows
     word_boxes   int32   [B, T + 1]    per caption position: the box its word names, else -1
@@ -50,8 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import grain
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -69,7 +67,6 @@ from experiments.data.words import (
 
 __all__ = [
     "CAPTION_DATASETS",
-    "COORDINATE_CHANNELS",
     "CaptionData",
     "CaptionExample",
     "CaptionSource",
@@ -80,7 +77,6 @@ __all__ = [
     "named_boxes",
     "scale_boxes",
     "train_dataset",
-    "with_coordinates",
 ]
 
 Example = dict[str, np.ndarray]
@@ -161,26 +157,6 @@ def decode_image(encoded: bytes, *, size: int, channels: int) -> np.ndarray:
     if image.size != (size, size):
         image = _resize_square(image, size)
     return (np.asarray(image, dtype=np.float32) / 255.0).reshape(size, size, channels)
-
-
-COORDINATE_CHANNELS = 2  # what with_coordinates appends: each pixel's row and column
-
-
-def with_coordinates(images: jax.Array) -> jax.Array:
-    """Images ``[B, H, W, C]`` -> ``[B, H, W, C + 2]``, the last two channels each pixel's row
-    and column scaled to [-1, 1] (Liu et al. 2018, "An intriguing failing of convolutional
-    neural networks and the CoordConv solution"): the captioner's input with
-    ``data.coordinates`` (``experiments.tasks.caption``), added inside its jitted forward.
-
-    The digit scenes' captions name the digits left to right, and a small CNN trained from
-    scratch hardly knows where its cells are (only zero padding at the borders tells it), so
-    without these channels nothing in the annotations says which digit comes first.
-    """
-    B, H, W, _ = images.shape
-    rows = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, H)[:, None], (H, W))
-    cols = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, W)[None, :], (H, W))
-    grid = jnp.broadcast_to(jnp.stack([rows, cols], axis=-1), (B, H, W, 2))
-    return jnp.concatenate([images, grid.astype(images.dtype)], axis=-1)
 
 
 def named_boxes(word_boxes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -353,6 +329,18 @@ class CaptionData:
                 batch_size=self.batch_size,
             )
             for start in range(0, len(examples), self.batch_size)
+        ]
+
+    def eval_references(
+        self, limit: int | None = None, *, split: str = "validation"
+    ) -> list[tuple[str, ...]]:
+        """Every reference caption of each image of ``eval_batches``, for BLEU: in the word
+        form the vocabulary decodes to (``words.split_words``: lower case, punctuation split
+        off). Reads the captions only, no image."""
+        source = CAPTION_DATASETS[self.name]
+        return [
+            tuple(" ".join(split_words(text)) for text in source.captions(record))
+            for record in self._records(limit, split)
         ]
 
     def eval_examples(

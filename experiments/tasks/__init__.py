@@ -1,7 +1,8 @@
 """The experiments, one module each: presets, data, forward, metrics and pictures.
 
-Each module holds ``MODELS`` (its model names, the first the default), ``presets(model)``
-(name -> config), ``load_config(path)`` and ``setup(config, workdir) -> runner.Setup``.
+Each module holds ``MODELS`` (its model names, the first the default), ``Config`` (the class
+``config.json`` loads into: ``experiments.config.load(task.Config, path)``),
+``presets(model)`` (name -> config) and ``setup(config, workdir) -> runner.Setup``.
 """
 
 import importlib

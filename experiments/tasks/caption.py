@@ -1,17 +1,15 @@
 """Image captioning: Show, Attend and Tell (Xu et al. 2015, soft attention) on the shared runner.
 
 Default data: scenes of real handwritten MNIST digits (``digit_scenes``, built offline) with
-the box of every digit, so where the model looks can be checked. Loss: negative
-log-likelihood of the caption plus the doubly stochastic penalty (eq. (14)); set
-``loss.penalty_strength=0`` to train without it. Evaluation on held-out images: teacher-forced
-loss, BLEU-1..4 of beam-search captions and BLEU-4 of greedy ones (sacrebleu), and attention
-correctness: for every generated digit word that names a digit of the scene, is the
-attention peak inside that digit's box, next to the chance rate. Pictures: the image and one
-panel per generated word with its attention map over the image (the paper's Figures 2-3).
+the box of every digit. Loss: the caption's NLL plus the doubly stochastic penalty (eq. (14);
+``loss.penalty_strength=0`` drops it). Evaluation: teacher-forced loss, BLEU-1..4 of beam
+captions and BLEU-4 of greedy ones, and attention correctness (``attention_correctness``):
+is the attention peak of each generated digit word inside that digit's box. Pictures: one
+panel per generated word with its attention over the image (the paper's Figures 2-3).
 
-One addition to the paper: the model reads two more image channels, each pixel's row and
-column (``data.coordinates``, CoordConv: ``experiments.data.captioning.with_coordinates``
-says why); ``--set data.coordinates=false`` gives the paper's plain image input.
+One addition to the paper: the model also reads each pixel's row and column
+(``model.coordinates``, CoordConv: ``zoo.models.show_attend_tell.with_coordinates`` says why);
+``--set model.coordinates=false`` gives the paper's plain image input.
 """
 
 import dataclasses
@@ -32,9 +30,8 @@ from experiments import visualize as visualize_lib
 from experiments.config import TrainConfig
 from experiments.data import captioning
 from experiments.data.tokenizer import PAD_ID
-from experiments.data.words import split_words
 from experiments.runner import Batch, Evaluation, Setup
-from zoo.models.protocol import weights_graphdef
+from zoo.models.protocol import on_weights_kernel
 from zoo.models.show_attend_tell import (
     ShowAttendTell,
     ShowAttendTellConfig,
@@ -46,6 +43,8 @@ MODELS = ("sat",)
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """The keywords of ``experiments.data.captioning.make_caption_data``."""
+
     # One of experiments.data.captioning.CAPTION_DATASETS: digit_scenes/canvas64 (default),
     # digit_scenes/canvas96, digit_scenes/smoke, or the real coco_captions and flickr8k.
     name: str = "digit_scenes/canvas64"
@@ -54,9 +53,6 @@ class DataConfig:
     max_length: int = 24  # caption tokens, EOS included; longer training captions are dropped
     image_size: int | None = None  # side of the square input; None: the dataset's own
     vocab_size: int = 10_000  # word vocabulary of a real dataset (the digit scenes' is fixed)
-    # Append two channels holding each pixel's row and column in [-1, 1] to the images
-    # (CoordConv, Liu et al. 2018), so the annotations know where they are.
-    coordinates: bool = True
 
     def __post_init__(self) -> None:
         config_lib.check_range("data", "max_length", self.max_length, at_least=2, integer=True)
@@ -97,9 +93,9 @@ class Config:
         kernel = self.model.kernel
         if self.loss.penalty_strength > 0 and kernel not in ("auto", "additive"):
             raise config_lib.ConfigError(
-                "loss.penalty_strength > 0 needs the attention weights (Xu et al. 2015, eq. "
-                f"(14)), which model.kernel={kernel!r} never forms; set "
-                "loss.penalty_strength=0 or model.kernel=additive"
+                "loss.penalty_strength > 0 needs the attention weights (Xu et al. 2015, eq. (14)), "
+                f"which model.kernel={kernel!r} never forms; set loss.penalty_strength=0 or "
+                "model.kernel=additive"
             )
 
 
@@ -115,8 +111,8 @@ def presets(model: str) -> dict[str, Config]:
         # The longest digit-scene caption has 20 words: 21 tokens with EOS.
         data=DataConfig(name="digit_scenes/canvas64", max_length=21),
         model=ShowAttendTellConfig(vocab_size=23, embed_dim=64, hidden_dim=128, annotation_dim=64,
-                                   attention_dim=64, image_channels=1, conv_channels=(16, 32, 64),
-                                   dropout_rate=0.1),
+                                   attention_dim=64, image_channels=1, coordinates=True,
+                                   conv_channels=(16, 32, 64), dropout_rate=0.1),
         loss=LossConfig(penalty_strength=1.0),
         train=TrainConfig(steps=3000, batch_size=48, learning_rate=1e-2, warmup_steps=100,
                           eval_every=1000, checkpoint_every=250, log_every=25),
@@ -128,7 +124,8 @@ def presets(model: str) -> dict[str, Config]:
     paper = config_lib.replace(
         tiny,
         data={"name": "digit_scenes/canvas96"},
-        model=ShowAttendTellConfig(image_channels=1, conv_channels=(64, 128, 256)),
+        model=ShowAttendTellConfig(image_channels=1, coordinates=True,
+                                   conv_channels=(64, 128, 256)),
         train=TrainConfig(steps=50_000, batch_size=64, learning_rate=1e-3, warmup_steps=500,
                           eval_every=2500, checkpoint_every=1000, log_every=50),
         eval=EvalConfig(examples=1000, beam_size=5),
@@ -144,124 +141,75 @@ def presets(model: str) -> dict[str, Config]:
     return {"tiny": tiny, "paper": paper, "smoke": smoke}
 
 
-def load_config(path: pathlib.Path) -> Config:
-    return config_lib.load(Config, path)
-
-
-def make_model(config: Config) -> ShowAttendTell:
-    """The model of a config whose data-dependent fields :func:`setup` has filled in."""
-    return ShowAttendTell(config.model, rngs=nnx.Rngs(config.train.seed))
-
-
 def setup(config: Config, workdir: pathlib.Path) -> Setup:
     del workdir
     data = captioning.make_caption_data(
-        config.data.name,
-        data_dir=pathlib.Path(config.data.data_dir),
-        manual_dir=config.data.manual_dir,
+        **dataclasses.asdict(config.data),
         batch_size=config.train.batch_size,
         seed=config.train.seed,
-        max_length=config.data.max_length,
-        image_size=config.data.image_size,
-        vocab_size=config.data.vocab_size,
     )
-    channels = data.channels + captioning.COORDINATE_CHANNELS * config.data.coordinates
-    model_config = dataclasses.replace(
-        config.model, vocab_size=data.vocab_size, image_channels=channels, pad_id=PAD_ID
-    )
-    stride = 2 ** len(model_config.conv_channels)
-    if data.image_size % stride:
-        raise ValueError(
-            f"data.image_size ({data.image_size}) must be a multiple of {stride}, the stride of "
-            f"model.conv_channels ({len(model_config.conv_channels)} pooling stages)"
-        )
-    config = dataclasses.replace(config, model=model_config)
-    model = make_model(config)
-    coordinates = config.data.coordinates
-    generate = functools.partial(
-        generate_captions,
-        coordinates=coordinates,
-        max_length=data.max_length,
-        beam_size=config.eval.beam_size,
-        length_penalty=config.eval.length_penalty,
-    )
-    held_out = HeldOut(config, data, model.grid_shape(data.image_size, data.image_size), generate)
-    strength = config.loss.penalty_strength
+    filled = {"vocab_size": data.vocab_size, "image_channels": data.channels, "pad_id": PAD_ID}
+    config = config_lib.replace(config, model=filled)
+    model = ShowAttendTell(config.model, rngs=nnx.Rngs(config.train.seed))
+    beam = config.eval.beam()
+    generate = functools.partial(generate_captions, max_length=data.max_length, **beam)
+    grid = model.grid_shape(data.image_size, data.image_size)  # raises on a size it cannot pool
+    held_out = HeldOut(config, data, grid, generate)
     return Setup(
         config=config,
         model=model,
         batches=data.train_iterator(),
-        loss_fn=functools.partial(loss_fn, penalty_strength=strength, coordinates=coordinates),
-        evaluation=Evaluation(
-            held_out.batches,
-            functools.partial(sums, coordinates=coordinates),
-            held_out.metrics,
-            generate,
-        ),
+        loss_fn=functools.partial(loss_fn, penalty_strength=config.loss.penalty_strength),
+        evaluation=Evaluation(held_out.batches, sums, held_out.metrics, generate),
         visualize=held_out.visualize,
         count_tokens=lambda batch: int(np.sum(batch["caption"][:, 1:] != PAD_ID)),
         best_metric="bleu4",
-        best_mode="max",
         held_out=held_out,
     )
 
 
-def _images(batch: Batch, coordinates: bool) -> jax.Array:
-    """The batch's images as the model reads them (``data.coordinates``)."""
-    return captioning.with_coordinates(batch["image"]) if coordinates else batch["image"]
+def _forward(model: Any, batch: Batch, rng: Any = None, **kwargs: Any) -> tuple[Any, jax.Array]:
+    """Teacher-forced ``(logits or (logits, weights), labels)``: ``batch["caption"]`` is
+    ``[B, T+1]``, BOS w_1 .. w_m EOS PAD ..; dropout keyed by ``rng``."""
+    caption = batch["caption"]
+    return model(batch["image"], caption[:, :-1], rngs=rng, **kwargs), caption[:, 1:]
 
 
 def loss_fn(
-    model: nnx.Module,
-    batch: Batch,
-    rng: jax.Array | None,
-    *,
-    penalty_strength: float,
-    coordinates: bool,
+    model: nnx.Module, batch: Batch, rng: jax.Array | None, *, penalty_strength: float
 ) -> tuple[jax.Array, dict]:
     """(NLL + lambda * doubly stochastic penalty) per caption token; dropout keyed by ``rng``.
 
     Xu et al. 2015, eq. (14), summed per caption as in arctic-captions, then divided by the
     batch's caption tokens so the learning rate means the same as for the other tasks.
     """
-    caption = batch["caption"]  # [B, T+1]: BOS w_1 .. w_m EOS PAD ..
-    images, labels = _images(batch, coordinates), caption[:, 1:]
     if penalty_strength > 0:
-        logits, weights = model(images, caption[:, :-1], return_weights=True, rngs=rng)
+        (logits, weights), labels = _forward(model, batch, rng, return_weights=True)
+        penalty = doubly_stochastic_penalty(weights, labels != PAD_ID, strength=penalty_strength)
     else:  # no weights asked: any kernel, the fast ones included
-        logits = model(images, caption[:, :-1], rngs=rng)
+        (logits, labels), penalty = _forward(model, batch, rng), jnp.zeros(())
     nll, tokens = losses.mean_cross_entropy(logits, labels)
-    penalty = jnp.zeros(())
-    if penalty_strength > 0:
-        real = labels != PAD_ID
-        # Empty (padding) rows have no real step, so all their cells would count as unattended.
-        penalty = doubly_stochastic_penalty(weights, real, strength=penalty_strength)
-        penalty = jnp.where(real.any(axis=1), penalty, 0.0).sum() / tokens
+    penalty = penalty.sum() / tokens
     accuracy = losses.token_accuracy(logits, labels) / tokens
     return nll + penalty, {"nll": nll, "penalty": penalty, "accuracy": accuracy}
 
 
-def sums(model: nnx.Module, batch: Batch, *, coordinates: bool) -> dict[str, jax.Array]:
+def sums(model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
     """Summed held-out caption NLL and its token count, teacher-forced."""
-    caption = batch["caption"]
-    logits = model(_images(batch, coordinates), caption[:, :-1])
-    return losses.nll_sums(logits, caption[:, 1:])
+    return losses.nll_sums(*_forward(model, batch))
 
 
-def generate_captions(
-    model: Any, batch: Batch, *, coordinates: bool, max_length: int, **beam: Any
-) -> dict[str, jax.Array]:
+def generate_captions(model: Any, batch: Batch, *, max_length: int, **beam: Any) -> dict[str, Any]:
     """Greedy and beam-search captions ``[B, max_length]`` (``beam``: the keywords of
     ``decode.best_beam``), and the attention ``[B, T, L]`` while teacher-forcing the reference
     captions and while re-reading the beam's."""
-    images = _images(batch, coordinates)
-    memory = model.encode(images)
+    memory = model.encode(batch["image"])
     greedy = decode.greedy(model, memory, max_length=max_length)
     beam_tokens = decode.best_beam(model, memory, max_length=max_length, **beam)
-    # The same parameters on the kernel that forms the weights (the fast ones do not).
-    looking = nnx.merge(weights_graphdef(model), nnx.state(model))
-    _, reference = looking(images, batch["caption"][:, :-1], return_weights=True)
-    _, generated = looking(images, decode.with_bos(beam_tokens)[:, :-1], return_weights=True)
+    looking = on_weights_kernel(model)  # the fast kernels never form the weights
+    (_, reference), _ = _forward(looking, batch, return_weights=True)
+    beam_batch = {"image": batch["image"], "caption": decode.with_bos(beam_tokens)}
+    (_, generated), _ = _forward(looking, beam_batch, return_weights=True)
     return {"greedy": greedy, "beam": beam_tokens, "reference": reference, "generated": generated}
 
 
@@ -271,44 +219,26 @@ class HeldOut:
     def __init__(
         self, config: Config, data: captioning.CaptionData, grid: tuple[int, int], generate: Any
     ):
-        self.config = config
+        self.config, self.data, self.grid = config, data, grid
         self.generate = generate  # the evaluation's captions and attention
-        self.data = data
-        self.image_size = (data.image_size, data.image_size)
-        self.grid = grid
-        self.cached: dict[str, tuple[list[Batch], list[tuple[str, ...]]]] = {}
-
-    def _split(self, split: str) -> tuple[list[Batch], list[tuple[str, ...]]]:
-        """The held-out batches of ``split`` and every reference of each image, read once."""
-        if split not in self.cached:
-            limit = self.config.eval.examples
-            batches = self.data.eval_batches(limit, split=split)
-            examples = self.data.eval_examples(limit, split=split)
-            self.cached[split] = (batches, [e.references for e in examples])
-        return self.cached[split]
-
-    def batches(self, split: str) -> list[Batch]:
-        return self._split(split)[0]
+        limit = config.eval.examples  # a split's held-out batches and references, read once:
+        self.batches = functools.cache(lambda split: data.eval_batches(limit, split=split))
+        self.references = functools.cache(lambda split: data.eval_references(limit, split=split))
 
     def metrics(
         self, split: str, totals: dict[str, float], batches: Any, outputs: list[Any]
     ) -> dict[str, float]:
-        _, references = self._split(split)
-        # References in the word form of the hypotheses (lower case, punctuation split off).
-        references = [tuple(" ".join(split_words(r)) for r in refs) for refs in references]
-        captions: dict[str, list[str]] = {"beam": [], "greedy": []}
-        named = []  # the box each beam word names
-        for batch, out in zip(batches, outputs, strict=True):
-            rows = int((batch["caption_length"] > 0).sum())  # the rest is padding
-            for kind, texts in captions.items():
-                texts.extend(self.data.decode_captions(out[kind])[:rows])
-            named.append(self.data.word_boxes(out["beam"], batch["labels"]))
-        metrics = {"loss": losses.held_out_loss(totals)}
-        metrics |= evaluate_lib.caption_bleu(captions["beam"], references)
-        metrics["bleu4_greedy"] = evaluate_lib.caption_bleu(captions["greedy"], references)["bleu4"]
-        grading = (named, self.grid, self.image_size)
-        metrics |= correctness_lib.caption_metrics(batches, outputs, *grading)
-        return metrics
+        references = self.references(split)
+
+        def bleu(kind: str) -> dict[str, float]:  # the last batch's padding rows dropped
+            ids = np.concatenate([out[kind] for out in outputs])[: len(references)]
+            return evaluate_lib.caption_bleu(self.data.decode_captions(ids), references)
+
+        size = (self.data.image_size, self.data.image_size)
+        grading = (batches, outputs, self.data.word_boxes, self.grid, size)
+        metrics = {"loss": losses.held_out_loss(totals), **bleu("beam")}
+        metrics["bleu4_greedy"] = bleu("greedy")["bleu4"]
+        return metrics | correctness_lib.caption_metrics(*grading)
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
         """The beam-search captions of the first test images, each word's attention drawn over
@@ -319,19 +249,11 @@ class HeldOut:
         self.draw(model, batch, paths)
         return paths
 
-    def draw(
-        self, model: nnx.Module, batch: Batch, paths: list[Any], *, beam_size: int | None = None
-    ) -> list[str]:
-        """The beam-search captions of the first ``len(paths)`` images of ``batch`` (another
-        width: ``beam_size``), each word's attention drawn over its image into its path, with
-        the box of the digit it names where the batch has the scenes' ``labels`` and ``boxes``.
-
-        ``batch["caption"]`` is teacher-forced too (the reference attention): padding will do.
-        """
-        generate = self.generate
-        if beam_size is not None:
-            generate = functools.partial(generate, beam_size=beam_size)
-        out = runner.apply(generate, model, {k: batch[k] for k in ("image", "caption")})
+    def draw(self, model: nnx.Module, batch: Batch, paths: list[Any]) -> list[str]:
+        """The beam-search captions of the first ``len(paths)`` images of ``batch``, each word's
+        attention drawn over its image into its path, with the box of the digit it names where
+        the batch has ``labels`` and ``boxes``; ``batch["caption"]`` may be padding."""
+        out = runner.apply(self.generate, model, {k: batch[k] for k in ("image", "caption")})
         captions = np.asarray(out["beam"])
         weights = np.asarray(out["generated"]).reshape(*captions.shape, *self.grid)
         named = self.data.word_boxes(captions, batch["labels"]) if "boxes" in batch else None
@@ -339,7 +261,8 @@ class HeldOut:
         texts = self.data.decode_captions(captions[: len(paths)])
         for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
             words = self.data.caption_pieces(captions[i])
-            n, image = len(words), batch["image"][i]
-            box = None if boxes is None else boxes[i, :n]
-            visualize_lib.image_overlay(image, words, weights[i, :n], path, boxes=box, title=text)
+            box = None if boxes is None else boxes[i, : len(words)]
+            visualize_lib.image_overlay(
+                batch["image"][i], words, weights[i, : len(words)], path, boxes=box, title=text
+            )
         return texts

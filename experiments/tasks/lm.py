@@ -23,7 +23,7 @@ from experiments.data import language_model
 from experiments.data.tokenizer import PAD_ID
 from experiments.runner import Batch, Evaluation, Setup
 from zoo.kernels import ring_attention
-from zoo.models.protocol import kernel_graphdef, weights_graphdef
+from zoo.models.protocol import on_kernel, on_weights_kernel
 from zoo.models.transformer import TransformerConfig, TransformerLM
 
 MODELS = ("transformer",)
@@ -132,10 +132,6 @@ def presets(model: str) -> dict[str, Config]:
     return {"tiny": tiny, "gpt2_small": gpt2_small, "smoke": smoke}
 
 
-def load_config(path: pathlib.Path) -> Config:
-    return config_lib.load(Config, path)
-
-
 def make_data(config: Config, *, batch_size: int | None = None) -> Any:
     return language_model.make_lm_data(
         config.data.name,
@@ -194,7 +190,7 @@ def loss_fn(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array,
 def sums(model: Any, batch: Batch) -> dict[str, jax.Array]:
     """Summed negative log-likelihood (nats) of a batch of held-out windows, and its count."""
     if model.config.kernel == "ring":  # evaluation holds the model on one device, no ring
-        model = nnx.merge(kernel_graphdef(model, "auto"), nnx.state(model))
+        model = on_kernel(model, "auto")
     tokens = batch["tokens"]
     return losses.nll_sums(model(tokens[:, :-1]), tokens[:, 1:])
 
@@ -234,7 +230,7 @@ class HeldOut:
 def self_attention(model: Any, tokens: np.ndarray) -> np.ndarray:
     """Every layer's and head's causal self-attention over int ``tokens [T]``: ``[L, N, T, T]``,
     on the kernel that forms the weights."""
-    looking = nnx.merge(weights_graphdef(model), nnx.state(model))
+    looking = on_weights_kernel(model)
     _, weights = runner.apply(_with_weights, looking, {"tokens": tokens[None]})
     return np.stack([np.asarray(w[0]) for w in weights["decoder_self"]])
 

@@ -26,7 +26,7 @@ from experiments.config import TrainConfig
 from experiments.data import translation
 from experiments.data.tokenizer import PAD_ID
 from experiments.runner import Batch, Evaluation, Setup
-from zoo.models.protocol import weights_graphdef
+from zoo.models.protocol import on_weights_kernel
 from zoo.models.rnnsearch import RNNSearch, RNNSearchConfig
 from zoo.models.transformer import BASE, BIG, Transformer, TransformerConfig
 
@@ -35,6 +35,8 @@ MODELS = ("rnnsearch", "rnnencdec", "transformer")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """The keywords of ``experiments.data.translation.make_translation_data``."""
+
     name: str = "bible_en_es"  # a TFDS name: the shipped default, or e.g. wmt14_translate/fr-en
     data_dir: str = "runs/data"  # where TFDS datasets and tokenizers are prepared and cached
     manual_dir: str | None = None  # local files for datasets that need them (TFDS manual_dir)
@@ -137,10 +139,6 @@ def _transformer_presets() -> dict[str, Config]:
     return {"tiny": tiny, "base": base, "big": big, "smoke": smoke}
 
 
-def load_config(path: pathlib.Path) -> Config:
-    return config_lib.load(Config, path)
-
-
 def setup(config: Config, workdir: pathlib.Path) -> Setup:
     del workdir
     if isinstance(config.model, TransformerConfig):
@@ -148,26 +146,18 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
     else:
         source_vocab, target_vocab = config.model.source_vocab_size, config.model.target_vocab_size
     data = translation.make_translation_data(
-        name=config.data.name,
-        data_dir=pathlib.Path(config.data.data_dir),
-        manual_dir=None if config.data.manual_dir is None else pathlib.Path(config.data.manual_dir),
+        **dataclasses.asdict(config.data),
         source_vocab_size=source_vocab,
         target_vocab_size=target_vocab,
         # The Transformer ties source and target embeddings: one shared vocabulary.
         shared_vocab=isinstance(config.model, TransformerConfig),
-        max_length=config.data.max_length,
         batch_size=config.train.batch_size,
         seed=config.train.seed,
     )
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, pad_id=PAD_ID))
     make_model = Transformer if isinstance(config.model, TransformerConfig) else RNNSearch
     model = make_model(config.model, rngs=nnx.Rngs(config.train.seed))  # type: ignore[arg-type]
-    generate = functools.partial(
-        translate,
-        beam_size=config.eval.beam_size,
-        length_penalty=config.eval.length_penalty,
-        max_length=config.data.max_length,
-    )
+    generate = functools.partial(translate, max_length=config.data.max_length, **config.eval.beam())
     held_out = HeldOut(config, data, generate)
     return Setup(
         config=config,
@@ -178,7 +168,6 @@ def setup(config: Config, workdir: pathlib.Path) -> Setup:
         visualize=held_out.visualize,
         count_tokens=lambda batch: int(np.sum(batch["target"] != PAD_ID)),
         best_metric="bleu",
-        best_mode="max",
         held_out=held_out,
     )
 
@@ -215,15 +204,10 @@ class HeldOut:
     """The held-out sentences of a split, read once; BLEU; alignment pictures."""
 
     def __init__(self, config: Config, data: translation.TranslationData, generate: Any):
-        self.config = config
-        self.data = data
+        self.config, self.data = config, data
         self.generate = generate  # the evaluation's beam search
-        self.cached: dict[str, list[Batch]] = {}
-
-    def batches(self, split: str) -> list[Batch]:
-        if split not in self.cached:
-            self.cached[split] = self.data.eval_batches(self.config.eval.examples, split=split)
-        return self.cached[split]
+        limit = config.eval.examples  # a split's held-out batches, read once:
+        self.batches = functools.cache(lambda split: data.eval_batches(limit, split=split))
 
     def metrics(
         self, split: str, totals: dict[str, float], batches: Any, outputs: list[Any]
@@ -233,17 +217,12 @@ class HeldOut:
         bleu = evaluate_lib.translation_bleu(sources, hypotheses, references)
         return {"loss": losses.held_out_loss(totals), **bleu}
 
-    def translate_texts(
-        self, model: nnx.Module, sources: list[str], *, beam_size: int | None = None
-    ) -> list[str]:
-        """Beam-search translations of raw source sentences, as the evaluation makes them
-        (``beam_size``: another width than the run's)."""
-        generate = self.generate
-        if beam_size is not None:
-            generate = functools.partial(generate, beam_size=beam_size)
+    def translate_texts(self, model: nnx.Module, sources: list[str]) -> list[str]:
+        """Beam-search translations of raw source sentences, as the evaluation makes them."""
         ids = self.data.encode_sources(sources, self.config.data.max_length)
         size = self.config.train.batch_size
-        return self.data.decode_targets(decode.in_batches(generate, model, {"source": ids}, size))
+        out = decode.in_batches(self.generate, model, {"source": ids}, size)
+        return self.data.decode_targets(out)
 
     def attention(
         self, model: Any, sources: list[str], hypotheses: list[str]
@@ -252,27 +231,23 @@ class HeldOut:
         width = self.config.data.max_length
         source_ids = self.data.encode_sources(sources, width)
         target_ids = self.data.encode_targets(hypotheses, width + 1)
-        looking = nnx.merge(weights_graphdef(model), nnx.state(model))
         batch = {"source": source_ids, "target": target_ids}
-        weights = jax.device_get(runner.apply(_alignment, looking, batch))
-        return [
-            visualize_lib.aligned(
-                source,
-                hypothesis,
-                self.data.source_pieces(source_ids[i]),
-                self.data.target_pieces(target_ids[i, 1:]),
-                jax.tree.map(operator.itemgetter(i), weights),
+        weights = jax.device_get(runner.apply(_alignment, on_weights_kernel(model), batch))
+        aligned = []
+        for i, (source, hypothesis) in enumerate(zip(sources, hypotheses, strict=True)):
+            source_pieces = self.data.source_pieces(source_ids[i])
+            target_pieces = self.data.target_pieces(target_ids[i, 1:])
+            row = jax.tree.map(operator.itemgetter(i), weights)
+            aligned.append(
+                visualize_lib.aligned(source, hypothesis, source_pieces, target_pieces, row)
             )
-            for i, (source, hypothesis) in enumerate(zip(sources, hypotheses, strict=True))
-        ]
+        return aligned
 
     def visualize(self, model: nnx.Module, out_dir: pathlib.Path) -> list[pathlib.Path]:
         """The alignment (Bahdanau et al. 2014, Fig. 3) of a few test sentences' beam-search
         translations; for the Transformer, every layer's and head's cross-attention."""
         sources, _ = self.data.eval_pairs(self.config.eval.plots, split="test")
-        kind = (
-            "cross_attention" if isinstance(self.config.model, TransformerConfig) else "alignment"
-        )
+        kind = "alignment" if isinstance(self.config.model, RNNSearchConfig) else "cross_attention"
         paths = [out_dir / f"{kind}_{i}.png" for i in range(len(sources))]
         return self.draw(model, sources, self.translate_texts(model, sources), paths)
 

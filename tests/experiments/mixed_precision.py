@@ -28,7 +28,7 @@ def smoke_config(task: ModuleType, model: str, workdir: pathlib.Path) -> Any:
     """The smoke preset in bfloat16, as `--set` makes it; it round-trips through config.json."""
     config = config_lib.apply_overrides(task.presets(model)["smoke"], OVERRIDES)
     config_lib.save(config, workdir / "config.json")
-    assert task.load_config(workdir / "config.json") == config
+    assert config_lib.load(task.Config, workdir / "config.json") == config
     return config
 
 

@@ -16,10 +16,10 @@ from flax import nnx
 from experiments import attend, evaluate, run, visualize
 from experiments import attention_correctness as correctness
 from experiments import config as config_lib
-from experiments.data import captioning
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.tasks import caption
 from tests.experiments import mixed_precision
+from zoo.models.show_attend_tell import ShowAttendTell
 
 RATES = ("peak_in_box", "mass_in_box", "chance", "chance_cells")
 
@@ -50,7 +50,7 @@ def finished_run(tmp_path_factory, data_dir):
 def smoke(finished_run):
     """The finished run's config, a fresh setup (its data prepared by then) and its data."""
     workdir, _ = finished_run
-    config = caption.load_config(workdir / "config.json")
+    config = config_lib.load(caption.Config, workdir / "config.json")
     setup = caption.setup(config, workdir)
     return config, setup.held_out.data, setup
 
@@ -93,15 +93,14 @@ def test_loss_is_nll_plus_the_penalty_per_token_and_zero_strength_drops_it(smoke
     config, data, setup = smoke
     batch = next(data.train_iterator())
 
-    loss_fn = functools.partial(caption.loss_fn, coordinates=config.data.coordinates)
+    loss_fn = caption.loss_fn
 
     @nnx.jit
     def losses(model, batch, rng):
         weighted = loss_fn(model, batch, rng, penalty_strength=1.0)
         plain = loss_fn(model, batch, rng, penalty_strength=0.0)
         dropout_free = loss_fn(model, batch, None, penalty_strength=1.0)[1]["penalty"]
-        images = captioning.with_coordinates(batch["image"])
-        _, weights = model(images, batch["caption"][:, :-1], return_weights=True)
+        _, weights = model(batch["image"], batch["caption"][:, :-1], return_weights=True)
         return weighted, plain, dropout_free, weights
 
     (total, parts), (without, plain), dropout_free, weights = losses(
@@ -137,7 +136,7 @@ def test_greedy_decoding_follows_the_models_argmax_and_beam_captions_are_well_fo
                 assert np.all(row[ends[0] + 1 :] == PAD_ID)
     # Greedy search is the step function's argmax, fed back, until the end token.
     model = setup.model
-    memory = model.encode(captioning.with_coordinates(jnp.asarray(images[:2])))
+    memory = model.encode(jnp.asarray(images[:2]))
     decoder_state = model.init_decode_state(memory, T)
     previous = jnp.full((2,), BOS_ID, jnp.int32)
     expected = []
@@ -240,15 +239,13 @@ def test_presets_and_the_switch_for_training_without_the_penalty():
     assert off.loss.penalty_strength == 0.0 and off.model == tiny.model
 
 
-def test_coordinate_channels_hold_each_pixels_row_and_column(smoke):
+def test_the_model_reads_grey_scenes_with_their_coordinates(finished_run, smoke):
+    workdir, _ = finished_run
     _, _, setup = smoke
-    assert setup.model.config.image_channels == 1 + 2  # grayscale scenes + (row, column)
-    images = np.full((2, 3, 5, 1), 0.5, np.float32)
-    out = np.asarray(captioning.with_coordinates(images))
-    assert out.shape == (2, 3, 5, 3)
-    np.testing.assert_array_equal(out[..., 0], images[..., 0])
-    np.testing.assert_allclose(out[1, :, 4, 1], [-1.0, 0.0, 1.0])
-    np.testing.assert_allclose(out[0, 2, :, 2], [-1.0, -0.5, 0.0, 0.5, 1.0])
+    assert setup.model.config.image_channels == 1 and setup.model.config.coordinates
+    saved = json.loads((workdir / "config.json").read_text())["model"]
+    assert saved["image_channels"] == 1 and saved["coordinates"] is True
+    assert setup.model.convs[0].kernel.shape[2] == 1 + 2  # grey + (row, column)
 
 
 @pytest.mark.slow  # compiling a bf16 train step costs tens of seconds
@@ -256,18 +253,18 @@ def test_trains_in_bfloat16_over_float32_parameters(tmp_path):
     config = mixed_precision.smoke_config(caption, "sat", tmp_path)
     # The smoke scenes' layout (1 channel, 23 words), at a quarter of their 64 x 64 side.
     data = types.SimpleNamespace(channels=1, vocab_size=23, image_size=16)
-    model_config = dataclasses.replace(config.model, vocab_size=23, image_channels=1 + 2)
-    model = caption.make_model(dataclasses.replace(config, model=model_config))
+    model_config = dataclasses.replace(config.model, vocab_size=23, image_channels=1)
+    model = ShowAttendTell(model_config, rngs=nnx.Rngs(config.train.seed))
     B, T = config.train.batch_size, 9
     images = np.random.default_rng(0).uniform(size=(B, 16, 16, 1)).astype(np.float32)
     captions = mixed_precision.tokens((B, T + 1), data.vocab_size)
     captions[:, 0], captions[:, -1] = BOS_ID, EOS_ID
-    loss_fn = functools.partial(caption.loss_fn, penalty_strength=1.0, coordinates=True)
+    loss_fn = functools.partial(caption.loss_fn, penalty_strength=1.0)
     batch = {"image": images, "caption": captions}
     losses = mixed_precision.train(model, loss_fn, batch, config.train)
     assert losses[-1] < losses[0], losses
     assert mixed_precision.param_dtypes(model) == {jnp.dtype(jnp.float32)}
-    inputs = captioning.with_coordinates(jnp.asarray(images))
+    inputs = jnp.asarray(images)
     logits, weights = nnx.eval_shape(
         lambda m: m(inputs, captions[:, :-1], return_weights=True), model
     )

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from experiments import attend, run, visualize
+from experiments import attend, run, runner, visualize
 from experiments import config as config_lib
 from experiments.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from experiments.tasks import translate
@@ -127,7 +127,7 @@ def test_a_config_saved_before_the_precision_fields_loads_with_their_defaults(tm
         saved = config_lib.to_dict(translate.presets(model)["smoke"])
         del saved["model"]["dtype"], saved["model"]["param_dtype"]
         (tmp_path / "config.json").write_text(json.dumps(saved))
-        loaded = translate.load_config(tmp_path / "config.json")
+        loaded = config_lib.load(translate.Config, tmp_path / "config.json")
         assert (loaded.model.dtype, loaded.model.param_dtype) == ("auto", "float32")
 
 
@@ -181,6 +181,11 @@ def test_attend_translates_your_sentence_and_draws_its_alignment(
     printed = capsys.readouterr().out
     assert "outside the model's vocabulary read as <unk>" in printed
     assert "warning: the source is cut to 23 pieces" in printed
+    # Another beam width is the run's config with eval.beam_size set.
+    narrow = runner.load_run(workdir, overrides=["eval.beam_size=1"])
+    assert narrow.config.eval.beam_size == 1
+    assert narrow.setup.held_out.generate.keywords["beam_size"] == 1  # what attend decodes with
+    assert attend.main([str(workdir), "--input", text, "--beam_size", "1", "--out", str(out)])
     with pytest.raises(SystemExit):
         attend.main([str(workdir), "--input", "x", "--beam_size", "0"])
     assert "--beam_size must be >= 1" in capsys.readouterr().err

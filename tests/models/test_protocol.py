@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from zoo import decoding
-from zoo.models.protocol import weights_graphdef
+from zoo.models.protocol import on_weights_kernel
 from zoo.models.rnnsearch import RNNSearch, RNNSearchConfig
 from zoo.models.show_attend_tell import ShowAttendTell, ShowAttendTellConfig
 from zoo.models.transformer import Transformer, TransformerConfig, TransformerLM
@@ -87,7 +87,7 @@ def test_the_state_keeps_each_tokens_attention_as_teacher_forcing_gives_it(name)
     model, inputs = FAMILIES[name]
     tokens = jnp.array([[1, 7, 8, 9], [1, 10, 11, 12]], jnp.int32)
     # The same parameters on the kernel that forms the weights (a blockwise one does not).
-    model = nnx.merge(weights_graphdef(model), nnx.state(model))
+    model = on_weights_kernel(model)
     looking = model
     if name == "lm":
         sequence = jnp.concatenate([inputs, tokens], axis=1)

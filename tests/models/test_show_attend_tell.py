@@ -13,6 +13,7 @@ from zoo.models.show_attend_tell import (
     ShowAttendTell,
     ShowAttendTellConfig,
     doubly_stochastic_penalty,
+    with_coordinates,
 )
 
 # Prime sizes so a swapped axis fails loudly. One pooling stage: 6 x 10 images -> 3 x 5 grid.
@@ -135,6 +136,29 @@ def test_doubly_stochastic_penalty_equals_a_hand_computation():
         doubly_stochastic_penalty(weights, mask.astype(np.int32)), [0.5, 1.0], rtol=1e-6
     )
     assert penalty.shape == (2,) and penalty.dtype == jnp.float32
+    # A row of padding (a batch's filler) has no step, so no penalty, not one per cell.
+    mask[0] = False
+    np.testing.assert_allclose(doubly_stochastic_penalty(weights, mask), [0.0, 1.0], rtol=1e-6)
+
+
+def test_coordinates_are_two_more_channels_of_each_pixels_row_and_column(model, batch):
+    images, captions = batch
+    out = np.asarray(with_coordinates(images))
+    assert out.shape == (B, H, W, C + 2)
+    np.testing.assert_array_equal(out[..., :C], images)
+    np.testing.assert_allclose(out[1, :, 4, C], np.linspace(-1.0, 1.0, H), rtol=1e-6)
+    np.testing.assert_allclose(out[0, 2, :, C + 1], np.linspace(-1.0, 1.0, W), rtol=1e-6)
+    # config.coordinates: the same as a plain model of C + 2 channels given those images.
+    config = dataclasses.replace(CONFIG, coordinates=True)
+    coordconv = ShowAttendTell(config, rngs=nnx.Rngs(0))
+    plain = ShowAttendTell(dataclasses.replace(CONFIG, image_channels=C + 2), rngs=nnx.Rngs(1))
+    nnx.update(plain, nnx.state(coordconv))
+    assert coordconv.convs[0].kernel.shape == (3, 3, C + 2, 5)
+    np.testing.assert_allclose(
+        forward(coordconv, images, captions)[0], forward(plain, out, captions)[0], atol=1e-6
+    )
+    with pytest.raises(ValueError, match=r"with C = 2 and H, W positive multiples of 2"):
+        coordconv(out, captions)  # the coordinates are the model's to add
 
 
 def test_every_parameter_gets_a_gradient(model, batch):
@@ -255,6 +279,11 @@ def test_greedy_and_beam_search_run_on_the_step_function(model, batch):
             lambda m, x, y: doubly_stochastic_penalty(np.ones((3, 7, 15)), y[:, :6] > 0),
             ValueError,
             r"caption_mask must be \[B, T\] = \[3, 7\] like weights, got shape \(3, 6\)",
+        ),
+        (
+            lambda m, x, y: m.grid_shape(12, 15),
+            ValueError,
+            r"height and width must be positive multiples of 2 .* got 12 x 15",
         ),
         (
             lambda m, x, y: ShowAttendTell(

@@ -11,7 +11,7 @@ from flax import nnx
 from zoo import decoding
 from zoo.kernels import dot_product_attention, sinusoidal_positions
 from zoo.kernels.blockwise import blockwise_attention
-from zoo.models.protocol import weights_graphdef
+from zoo.models.protocol import on_weights_kernel
 from zoo.models.transformer import (
     BASE,
     BIG,
@@ -344,9 +344,7 @@ def test_blockwise_kernel_gives_the_same_logits(seq2seq, seq2seq_outputs, data):
     with pytest.raises(ValueError, match="cannot return_weights"):
         jax.eval_shape(lambda: swapped(source, target, return_weights=True))
     # The pictures of a blockwise run: the same state on the reference kernel's graph.
-    logits_again, weights = nnx.merge(weights_graphdef(swapped), nnx.state(swapped))(
-        source, target, return_weights=True
-    )
+    logits_again, weights = on_weights_kernel(swapped)(source, target, return_weights=True)
     np.testing.assert_allclose(logits_again, logits, atol=1e-5)
     for name, expected in seq2seq_outputs[1].items():
         for got, want in zip(weights[name], expected, strict=True):

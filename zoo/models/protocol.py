@@ -16,7 +16,7 @@ memory is its prompt; decoding then starts from the prompt's last token.
 
 Every model's config names its attention kernel (``config.kernel``); ``weights_kernel`` is the
 name of the kernel of the same registry that returns attention weights, which the fast
-kernels never form. :func:`weights_graphdef` gives the same model on it, for the pictures.
+kernels never form. :func:`on_weights_kernel` gives the same model on it, for the pictures.
 """
 
 import dataclasses
@@ -26,7 +26,7 @@ from flax import nnx
 
 from zoo.shapes import Array
 
-__all__ = ["DecodingModel", "kernel_graphdef", "weights_graphdef"]
+__all__ = ["DecodingModel", "on_kernel", "on_weights_kernel"]
 
 
 class DecodingModel(Protocol):
@@ -44,21 +44,19 @@ class DecodingModel(Protocol):
     def step(self, tokens: Array, state: Any) -> tuple[Array, Any]: ...
 
 
-def weights_graphdef(model: Any) -> nnx.GraphDef:
-    """The graph of ``model`` (a :class:`DecodingModel`) with its attention on
-    ``model.weights_kernel``.
+def on_kernel(model: Any, kernel: str) -> Any:
+    """``model`` (a :class:`DecodingModel`) with its attention on the kernel named ``kernel``,
+    of the same registry: the same parameters (``nnx.state(model)``), so the same outputs.
 
-    Merged with the state of ``model`` (``nnx.merge(graphdef, nnx.state(model))``), it gives
-    the same outputs and can also return the attention weights. Built abstractly: nothing is
-    initialized.
+    Its graph is built abstractly: nothing is initialized.
     """
-    return kernel_graphdef(model, model.weights_kernel)
-
-
-def kernel_graphdef(model: Any, kernel: str) -> nnx.GraphDef:
-    """The graph of ``model`` with its attention on the kernel named ``kernel`` (of the same
-    registry), to merge with the state of ``model``; built abstractly."""
     config = dataclasses.replace(model.config, kernel=kernel)
     build: Any = type(model)  # each model class takes (config, *, rngs)
     abstract = nnx.eval_shape(lambda: build(config, rngs=nnx.Rngs(0)))
-    return nnx.graphdef(abstract)
+    return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
+
+
+def on_weights_kernel(model: Any) -> Any:
+    """``model`` on ``model.weights_kernel``: the same outputs, and it can also return the
+    attention weights, which the fast kernels never form."""
+    return on_kernel(model, model.weights_kernel)

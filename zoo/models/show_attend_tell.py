@@ -52,7 +52,12 @@ from zoo.kernels import ADDITIVE_KERNELS
 from zoo.nn import AdditiveAttention
 from zoo.shapes import Array, PRNGKey
 
-__all__ = ["ShowAttendTell", "ShowAttendTellConfig", "doubly_stochastic_penalty"]
+__all__ = [
+    "ShowAttendTell",
+    "ShowAttendTellConfig",
+    "doubly_stochastic_penalty",
+    "with_coordinates",
+]
 
 # The LSTM's memory and hidden state (and the gate kept for analysis), whatever the compute dtype.
 _STATE_DTYPE = jnp.float32
@@ -70,6 +75,9 @@ class ShowAttendTellConfig:
     attention_dim: int = 512  # A: hidden width of f_att, eq. (4); arctic-captions uses D
     # C of the input images; None: no CNN, the model takes precomputed annotations only.
     image_channels: int | None = 3
+    # Append each pixel's row and column in [-1, 1] to the image as two more channels before
+    # the CNN (CoordConv, Liu et al. 2018; :func:`with_coordinates`); off in the paper.
+    coordinates: bool = False
     # Widths of the conv-GroupNorm-ReLU-maxpool stages, each halving H and W; a last 3x3
     # conv-GroupNorm-ReLU maps to D. Four stages give VGG's stride 16: 224 px -> 14 x 14.
     conv_channels: tuple[int, ...] = (64, 128, 256, 512)
@@ -115,7 +123,7 @@ class ShowAttendTell(nnx.Module):
         self.dtype = dtype
         kw: dict[str, Any] = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         if c.image_channels is not None:
-            widths = [c.image_channels, *c.conv_channels, d]
+            widths = [c.image_channels + 2 * c.coordinates, *c.conv_channels, d]
             self.convs = nnx.List(
                 [
                     # The norm's bias makes a conv bias redundant.
@@ -151,6 +159,11 @@ class ShowAttendTell(nnx.Module):
         if self.config.image_channels is None:
             raise ValueError("this model has no CNN (image_channels=None), hence no grid")
         stride = 2 ** len(self.config.conv_channels)
+        if height % stride or width % stride or not (height > 0 and width > 0):
+            raise ValueError(
+                f"the image's height and width must be positive multiples of {stride} (one 2x2 "
+                f"pool per conv stage of conv_channels), got {height} x {width}"
+            )
         return height // stride, width // stride
 
     def annotate(self, images: Array) -> Array:
@@ -173,7 +186,7 @@ class ShowAttendTell(nnx.Module):
                 f"images must be [B, H, W, C] with C = {c.image_channels} and H, W positive "
                 f"multiples of {stride} (one 2x2 pool per conv stage), got shape {images.shape}"
             )
-        x = images.astype(self.dtype)
+        x = (with_coordinates(images) if c.coordinates else images).astype(self.dtype)
         last = len(self.convs) - 1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = jax.nn.relu(norm(conv(x)))
@@ -360,7 +373,8 @@ def doubly_stochastic_penalty(
     Args:
       weights: ``[B, T, L]``, the attention weights of a teacher-forced pass.
       caption_mask: bool or 0/1 ``[B, T]``, true where step t predicts a real token (end
-        token included); padded steps add no attention.
+        token included); padded steps add no attention, and a caption with no real step (a
+        row of padding) no penalty.
       strength: lambda; 1 in arctic-captions' COCO setting (``alpha_c``), 0 switches it off.
     """
     weights, caption_mask = jnp.asarray(weights), jnp.asarray(caption_mask)
@@ -372,7 +386,23 @@ def doubly_stochastic_penalty(
             f"caption_mask must be [B, T] = [{B}, {T}] like weights, got shape {caption_mask.shape}"
         )
     total = jnp.einsum("BTL,BT->BL", weights.astype(jnp.float32), caption_mask.astype(jnp.float32))
-    return strength * jnp.sum((1.0 - total) ** 2, axis=-1)
+    penalty = strength * jnp.sum((1.0 - total) ** 2, axis=-1)
+    return jnp.where(caption_mask.any(axis=-1), penalty, 0.0)
+
+
+def with_coordinates(images: Array) -> Array:
+    """Images ``[B, H, W, C]`` -> ``[B, H, W, C + 2]``, the last two channels each pixel's row
+    and column scaled to [-1, 1] (Liu et al. 2018, "An intriguing failing of convolutional
+    neural networks and the CoordConv solution"): the input of ``config.coordinates``.
+
+    A small CNN trained from scratch hardly knows where its cells are (only zero padding at
+    the borders tells it); captions that name objects in order, left to right, need it to.
+    """
+    B, H, W, _ = images.shape
+    rows = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, H)[:, None], (H, W))
+    cols = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, W)[None, :], (H, W))
+    grid = jnp.broadcast_to(jnp.stack([rows, cols], axis=-1), (B, H, W, 2))
+    return jnp.concatenate([images, grid.astype(images.dtype)], axis=-1)
 
 
 def _check_float(name: str, x: Any) -> Array:

@@ -166,6 +166,9 @@ def test_eval_batches_follow_eval_examples(data):
         length = batch["caption_length"][row]
         assert np.array_equal(batch["word_boxes"][row, 1 : length - 1], word_boxes)
     assert len(data.eval_examples(3, split="validation")) == 3
+    # The references for BLEU: the same captions, in the word form the vocabulary decodes to.
+    decoded = [data.decode_captions(b["caption"][b["caption_length"] > 0]) for b in batches]
+    assert data.eval_references(split="test") == [(c,) for texts in decoded for c in texts]
 
 
 def test_word_boxes_of_a_generated_caption(data):

@@ -113,6 +113,9 @@ def test_coco_prepared_elsewhere_is_read_without_tensorflow(tmp_path, offline, n
     assert (batch["caption"][:, 0] == BOS_ID).all()
     (example, *_) = data.eval_examples(split="validation")
     assert example.references == tuple(f"A Cat sits on val mat {k}." for k in range(5))
+    # For BLEU, in the word form of decoded captions: lower case, punctuation split off.
+    references = tuple(f"a cat sits on val mat {k} ." for k in range(5))
+    assert data.eval_references(1, split="validation") == [references]
     assert [len(w) for w in example.word_boxes] == [8] * 5  # a cat sits on val mat k .
     assert len(list((tmp_path / "coco_captions").rglob("words10000.*.json"))) == 1
 
