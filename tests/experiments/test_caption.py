@@ -93,13 +93,11 @@ def test_loss_is_nll_plus_the_penalty_per_token_and_zero_strength_drops_it(smoke
     config, data, setup = smoke
     batch = next(data.train_iterator())
 
-    loss_fn = caption.loss_fn
-
     @nnx.jit
     def losses(model, batch, rng):
-        weighted = loss_fn(model, batch, rng, penalty_strength=1.0)
-        plain = loss_fn(model, batch, rng, penalty_strength=0.0)
-        dropout_free = loss_fn(model, batch, None, penalty_strength=1.0)[1]["penalty"]
+        weighted = caption.loss_fn(model, batch, rng, penalty_strength=1.0)
+        plain = caption.loss_fn(model, batch, rng, penalty_strength=0.0)
+        dropout_free = caption.loss_fn(model, batch, None, penalty_strength=1.0)[1]["penalty"]
         _, weights = model(batch["image"], batch["caption"][:, :-1], return_weights=True)
         return weighted, plain, dropout_free, weights
 
